@@ -1,0 +1,46 @@
+"""The tasks, each behind the same small interface:
+
+    task.problems(split, n, seed) -> list of problem dicts (each has an 'id')   split: 'train' | 'test'
+    task.prompt(problem)          -> the user's text
+    task.sft_target(problem, rng) -> a response "<think>...</think><answer>...</answer>"
+    task.score(problem, text)     -> verify.Score(format, correctness, correct, answer); .reward is the total
+"""
+import os
+import random
+
+from nanor1.tasks.arithmetic import Arithmetic, ArithmeticConfig
+from nanor1.tasks.countdown import Countdown, CountdownConfig
+from nanor1.tasks.gsm8k import GSM8K, GSM8KConfig
+from nanor1.tasks.verify import Rewards, Score
+from nanor1.tokenizer import Tokenizer, train_tokenizer
+
+TASKS = {"arithmetic": Arithmetic, "countdown": Countdown, "gsm8k": GSM8K}
+
+
+def make_task(name, cfg=None, rewards=None):
+    if name not in TASKS:
+        raise ValueError(f"unknown task '{name}' (known: {', '.join(TASKS)})")
+    return TASKS[name](cfg, rewards)
+
+
+def corpus(tasks, n_per_task=2000, seed=0):
+    """Text for the tokenizer: prompts and SFT targets of each task's train split (GSM8K: all of train)."""
+    rng = random.Random(seed)
+    for task in tasks:
+        problems = task.problems("train", 10 ** 9 if task.name == "gsm8k" else n_per_task, seed)
+        for problem in problems:
+            yield task.prompt(problem)
+            yield task.sft_target(problem, rng)
+
+
+def get_tokenizer(folder, tasks, vocab_size):
+    """Load the tokenizer cached in `folder`, or train it on the tasks' text and cache it there."""
+    if os.path.exists(os.path.join(folder, "tokenizer.tiktoken")):
+        return Tokenizer.load(folder)  # its n_vocab may be below vocab_size if the corpus ran out of merges
+    tok = train_tokenizer(corpus(tasks), vocab_size)
+    tok.save(folder)
+    return tok
+
+
+__all__ = ["TASKS", "make_task", "corpus", "get_tokenizer", "Arithmetic", "ArithmeticConfig", "Countdown",
+           "CountdownConfig", "GSM8K", "GSM8KConfig", "Rewards", "Score"]

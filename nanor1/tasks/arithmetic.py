@@ -1,0 +1,113 @@
+"""Synthetic arithmetic: a + b, a - b, a * b with a configurable number of digits.
+
+SFT targets come in two styles (the mix is the knob `step_frac`):
+  direct:        <think></think><answer>132</answer>
+  step-by-step:  <think>7+5=12 write 2 carry 1, 4+8+1=13 write 3 carry 1, write 1</think><answer>132</answer>
+Subtraction writes borrows; multiplication writes one partial product per digit of b, then their sum.
+The split is by problem: a problem is in test iff a hash of it says so, so train and test never share one.
+"""
+import dataclasses
+import random
+import zlib
+
+from nanor1.tasks.verify import Rewards, parse_number, score
+
+OPS = ("+", "-", "*")
+
+
+@dataclasses.dataclass
+class ArithmeticConfig:
+    min_digits: int = 1
+    max_digits: int = 2
+    ops: tuple[str, ...] = OPS
+    step_frac: float = 0.5  # share of SFT targets written step by step (the rest answer directly)
+    test_frac: float = 0.1  # share of all problems reserved for the test split
+
+
+def _in_test(a, op, b, test_frac):
+    return zlib.crc32(f"{a}{op}{b}".encode()) % 1000 < test_frac * 1000
+
+
+class Arithmetic:
+    name = "arithmetic"
+
+    def __init__(self, cfg=None, rewards=None):
+        self.cfg = cfg or ArithmeticConfig()
+        self.rewards = rewards or Rewards()
+        bad = [op for op in self.cfg.ops if op not in OPS]
+        if bad or not 1 <= self.cfg.min_digits <= self.cfg.max_digits:
+            raise ValueError(f"arithmetic: ops must be from {OPS} and 1 <= min_digits <= max_digits, got "
+                             f"ops={self.cfg.ops}, digits={self.cfg.min_digits}..{self.cfg.max_digits}")
+
+    def _number(self, rng):
+        digits = rng.randint(self.cfg.min_digits, self.cfg.max_digits)
+        return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+
+    def problems(self, split, n, seed):
+        """n problems of `split` ('train' or 'test'), the same for the same seed."""
+        rng = random.Random(f"arithmetic-{split}-{seed}")
+        out = []
+        while len(out) < n:
+            a, b, op = self._number(rng), self._number(rng), rng.choice(self.cfg.ops)
+            if _in_test(a, op, b, self.cfg.test_frac) != (split == "test"):
+                continue
+            answer = a + b if op == "+" else a - b if op == "-" else a * b
+            out.append({"id": f"{a}{op}{b}", "a": a, "b": b, "op": op, "answer": answer})
+        return out
+
+    def prompt(self, problem):
+        return f"What is {problem['a']} {problem['op']} {problem['b']}?"
+
+    def sft_target(self, problem, rng):
+        steps = self.steps(problem) if rng.random() < self.cfg.step_frac else ""
+        return f"<think>{steps}</think><answer>{problem['answer']}</answer>"
+
+    def steps(self, problem):
+        a, b, op = problem["a"], problem["b"], problem["op"]
+        if op == "+":
+            return _add_steps(a, b)
+        if op == "-":
+            return _sub_steps(a, b) if a >= b else f"{a}<{b} so -({b}-{a}): " + _sub_steps(b, a)
+        return _mul_steps(a, b)
+
+    def score(self, problem, completion):
+        return score(completion, lambda ans: parse_number(ans) == problem["answer"], self.rewards)
+
+
+def _digits(n):  # least significant first
+    return [int(d) for d in reversed(str(n))]
+
+
+def _add_steps(a, b):
+    da, db, carry, parts = _digits(a), _digits(b), 0, []
+    for i in range(max(len(da), len(db))):
+        x, y = da[i] if i < len(da) else 0, db[i] if i < len(db) else 0
+        s = x + y + carry
+        parts.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={s} write {s % 10}"
+                     + (" carry 1" if s >= 10 else ""))
+        carry = s // 10
+    if carry:
+        parts.append("write 1")
+    return ", ".join(parts)
+
+
+def _sub_steps(a, b):  # a >= b >= 0
+    da, db, borrow, parts = _digits(a), _digits(b), 0, []
+    for i in range(len(da)):
+        x, y = da[i], (db[i] if i < len(db) else 0)
+        y_total = y + borrow
+        if x < y_total:
+            parts.append(f"{x + 10}-{y_total}={x + 10 - y_total} borrow 1")
+            borrow = 1
+        else:
+            parts.append(f"{x}-{y_total}={x - y_total}")
+            borrow = 0
+    return ", ".join(parts)
+
+
+def _mul_steps(a, b):
+    partials = [a * d * 10 ** i for i, d in enumerate(_digits(b))]
+    parts = [f"{a}*{d * 10 ** i}={p}" for i, (d, p) in enumerate(zip(_digits(b), partials))]
+    if len(partials) > 1:
+        parts.append("+".join(str(p) for p in partials) + f"={a * b}")
+    return ", ".join(parts)

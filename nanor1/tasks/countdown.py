@@ -1,0 +1,174 @@
+"""Countdown: reach a target from 3-4 numbers with + - * /, each number used at most once.
+
+Conventions from Stream of Search (Gandhi et al. 2024, arXiv 2404.03683): moves are a+b, a*b, larger-minus-
+smaller and exact division; a fixed 10% of target values never appear in train. Problems are generated from
+the full set of values the numbers can reach (an exhaustive search), so every problem is solvable.
+
+The SFT target is a depth-first search written out as text, best-looking move first:
+    <think>25+3=28, left 28 7 2
+    28-7=21, left 21 2
+    21+2=23, not 24, back
+    ...
+    28-4=24, found</think><answer>(25+3)-(7-...)</answer>
+The search has a patience budget (moves it may write); cut off before it finds the target, the trace ends
+"give up" and answers its closest value: a wrong guess. Training on a spread of budgets gives a model that
+sometimes gives up early; GRPO can then teach it to keep searching (longer responses, more right answers).
+"""
+import collections
+import dataclasses
+import functools
+import random
+import zlib
+
+from nanor1.tasks.verify import Rewards, VerifyError, evaluate, score
+
+
+@dataclasses.dataclass
+class CountdownConfig:
+    n_numbers: tuple[int, ...] = (3, 4)  # each problem draws its count from these
+    min_number: int = 1
+    max_number: int = 50
+    min_target: int = 10
+    max_target: int = 100
+    heldout_frac: float = 0.1  # share of target values never seen in train
+    test_frac: float = 0.1  # share of (numbers, target) problems reserved for test
+    patience: tuple[int, ...] = (3, 6, 12, 24, 48)  # move budgets of SFT traces, drawn uniformly
+
+
+def moves(a, b):
+    """The legal results of combining a and b: [(value, 'x op y')], larger operand first; no no-op moves."""
+    hi, lo = max(a, b), min(a, b)
+    out = [(hi + lo, f"{hi}+{lo}")]
+    if lo != 1:
+        out.append((hi * lo, f"{hi}*{lo}"))
+    if hi != lo:
+        out.append((hi - lo, f"{hi}-{lo}"))
+    if lo > 1 and hi % lo == 0:
+        out.append((hi // lo, f"{hi}/{lo}"))
+    return out
+
+
+def _combine(expr_a, expr_b, a, b, op):
+    (ea, eb) = (expr_a, expr_b) if a >= b else (expr_b, expr_a)
+    return f"({ea}{op}{eb})"
+
+
+@functools.lru_cache(maxsize=100_000)
+def reachable(nums):
+    """Every value reachable from the sorted tuple `nums`, each number used at most once (a full search)."""
+    out = set(nums)
+    for i in range(len(nums)):
+        for j in range(i + 1, len(nums)):
+            rest = nums[:i] + nums[i + 1:j] + nums[j + 1:]
+            for value, _ in moves(nums[i], nums[j]):
+                out |= reachable(tuple(sorted(rest + (value,))))
+    return frozenset(out)
+
+
+def solve(nums, target):
+    """One expression for target (exhaustive search), or None."""
+    _, answer, solved = search_trace(nums, target, patience=10 ** 9)
+    return answer if solved else None
+
+
+def strip_outer(expr):
+    if expr.startswith("(") and expr.endswith(")"):
+        depth = 0
+        for k, ch in enumerate(expr):
+            depth += (ch == "(") - (ch == ")")
+            if depth == 0 and k < len(expr) - 1:
+                return expr  # the first "(" closes before the end: not an outer pair
+        return expr[1:-1]
+    return expr
+
+
+def search_trace(nums, target, patience):
+    """Depth-first search written as text. -> (trace, answer_expression, solved)."""
+    lines, budget = [], [patience]
+    best = [None]  # (distance, expression) of the closest value written so far
+
+    def dfs(state):  # state: list of (value, expression)
+        candidates = []
+        for i in range(len(state)):
+            for j in range(i + 1, len(state)):
+                (a, ea), (b, eb) = state[i], state[j]
+                rest = [s for k, s in enumerate(state) if k not in (i, j)]
+                for value, text in moves(a, b):
+                    op = text[len(str(max(a, b)))]
+                    candidates.append((abs(value - target), value, text, _combine(ea, eb, a, b, op), rest))
+        candidates.sort(key=lambda c: c[0])  # heuristic: closest to the target first (stable, so seeded)
+        for distance, value, text, expr, rest in candidates:
+            if budget[0] == 0:
+                return None
+            budget[0] -= 1
+            if best[0] is None or distance < best[0][0]:
+                best[0] = (distance, expr)
+            line = f"{text}={value}"
+            if value == target:
+                lines.append(f"{line}, found")
+                return expr
+            if not rest:
+                lines.append(f"{line}, not {target}, back")
+                continue
+            new_state = [(value, expr)] + rest
+            lines.append(f"{line}, left " + " ".join(str(v) for v, _ in new_state))
+            found = dfs(new_state)
+            if found is not None:
+                return found
+        return None
+
+    found = dfs([(n, str(n)) for n in nums])
+    if found is None:
+        lines.append("give up")
+        found = best[0][1] if best[0] else str(nums[0])
+        return "\n".join(lines), strip_outer(found), False
+    return "\n".join(lines), strip_outer(found), True
+
+
+def check_answer(answer, nums, target):
+    """True iff `answer` is an expression over a sub-multiset of nums whose exact value is target."""
+    value, literals = evaluate(answer)
+    if collections.Counter(literals) - collections.Counter(nums):
+        raise VerifyError("uses a number not given, or one more times than given")
+    return value == target
+
+
+class Countdown:
+    name = "countdown"
+
+    def __init__(self, cfg=None, rewards=None):
+        self.cfg = cfg = cfg or CountdownConfig()
+        self.rewards = rewards or Rewards()
+        if not (cfg.n_numbers and all(2 <= k <= 5 for k in cfg.n_numbers) and 1 <= cfg.min_number <= cfg.max_number
+                and cfg.min_target <= cfg.max_target and cfg.patience and min(cfg.patience) >= 1):
+            raise ValueError(f"countdown: bad config {cfg}")
+        targets = list(range(cfg.min_target, cfg.max_target + 1))
+        n_heldout = round(cfg.heldout_frac * len(targets))
+        self.heldout_targets = frozenset(random.Random("countdown-heldout").sample(targets, n_heldout))
+
+    def split_of(self, nums, target):
+        test = zlib.crc32(f"{sorted(nums)}{target}".encode()) % 1000 < self.cfg.test_frac * 1000
+        return "test" if test or target in self.heldout_targets else "train"
+
+    def problems(self, split, n, seed):
+        cfg, rng = self.cfg, random.Random(f"countdown-{split}-{seed}")
+        out = []
+        while len(out) < n:
+            nums = [rng.randint(cfg.min_number, cfg.max_number) for _ in range(rng.choice(cfg.n_numbers))]
+            reach = reachable(tuple(sorted(nums)))
+            targets = [t for t in range(cfg.min_target, cfg.max_target + 1)
+                       if t in reach and t not in nums and self.split_of(nums, t) == split]
+            if targets:
+                target = rng.choice(targets)
+                out.append({"id": f"{' '.join(map(str, nums))}->{target}", "nums": nums, "target": target})
+        return out
+
+    def prompt(self, problem):
+        return f"Make {problem['target']} from {' '.join(map(str, problem['nums']))} with + - * /, each number at most once."
+
+    def sft_target(self, problem, rng):
+        trace, answer, _ = search_trace(problem["nums"], problem["target"], rng.choice(self.cfg.patience))
+        return f"<think>{trace}</think><answer>{answer}</answer>"
+
+    def score(self, problem, completion):
+        return score(completion, lambda ans: check_answer(ans, problem["nums"], problem["target"]), self.rewards)

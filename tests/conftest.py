@@ -1,0 +1,28 @@
+import os
+
+# Triton kernels run through Triton's interpreter on a machine without CUDA. This must be set before any
+# @triton.jit function is defined, i.e. before the tests import nanor1.kernels.
+try:
+    import torch
+    _has_cuda = torch.cuda.is_available()
+except ImportError:
+    _has_cuda = False
+if not _has_cuda:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+SHARED_GSM8K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "gsm8k")
+
+
+@pytest.fixture(scope="session")
+def gsm8k_path():
+    return SHARED_GSM8K
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(tmp_path_factory):
+    """A 512-token tokenizer trained on arithmetic and countdown text (a second or two)."""
+    from nanor1.tasks import corpus, make_task
+    from nanor1.tokenizer import train_tokenizer
+    return train_tokenizer(corpus([make_task("arithmetic"), make_task("countdown")], n_per_task=300), 512)

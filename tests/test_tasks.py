@@ -1,0 +1,125 @@
+import collections
+import itertools
+import operator
+import random
+from fractions import Fraction
+
+import pytest
+
+from nanor1.tasks import Arithmetic, ArithmeticConfig, Countdown, CountdownConfig, GSM8KConfig, make_task
+from nanor1.tasks.countdown import check_answer, search_trace
+from nanor1.tasks.gsm8k import load
+from nanor1.tasks.verify import parse_response
+
+
+def test_arithmetic_targets_are_right_and_steps_spell_the_work():
+    task = Arithmetic(ArithmeticConfig(min_digits=1, max_digits=3, step_frac=1.0))
+    rng = random.Random(0)
+    for p in task.problems("train", 300, 0):
+        target = task.sft_target(p, rng)
+        assert task.score(p, target).correct
+        assert p["answer"] == {"+": operator.add, "-": operator.sub, "*": operator.mul}[p["op"]](p["a"], p["b"])
+    assert Arithmetic(ArithmeticConfig(step_frac=1.0)).steps({"a": 47, "b": 85, "op": "+"}) == \
+        "7+5=12 write 2 carry 1, 4+8+1=13 write 3 carry 1, write 1"
+    assert task.steps({"a": 52, "b": 17, "op": "-"}) == "12-7=5 borrow 1, 5-2=3"
+    assert task.steps({"a": 47, "b": 85, "op": "*"}) == "47*5=235, 47*80=3760, 235+3760=3995"
+    direct = Arithmetic(ArithmeticConfig(step_frac=0.0))
+    assert direct.sft_target({"a": 1, "b": 2, "op": "+", "answer": 3}, rng) == "<think></think><answer>3</answer>"
+
+
+def test_splits_are_disjoint_and_seeded():
+    for task in [Arithmetic(), Countdown()]:
+        train = {p["id"] for p in task.problems("train", 2000, 0)}
+        test = {p["id"] for p in task.problems("test", 300, 0)}
+        assert not train & test
+        assert [p["id"] for p in task.problems("train", 50, 3)] == [p["id"] for p in task.problems("train", 50, 3)]
+        assert [p["id"] for p in task.problems("train", 50, 3)] != [p["id"] for p in task.problems("train", 50, 4)]
+
+
+def _brute_force_values(nums):
+    """Independent check: every value of every expression over every ordered subset (+ - * / exactly)."""
+    values = set()
+    def rec(items):
+        for v in items:
+            values.add(v)
+        for i, j in itertools.permutations(range(len(items)), 2):
+            a, b = items[i], items[j]
+            rest = [x for k, x in enumerate(items) if k not in (i, j)]
+            for v in {a + b, a - b, a * b} | ({a / b} if b else set()):
+                rec(rest + [v])
+    rec([Fraction(n) for n in nums])
+    return values
+
+
+def test_countdown_problems_are_solvable_and_heldout_targets_stay_out_of_train():
+    task = Countdown(CountdownConfig(n_numbers=(3, 4), max_number=30))
+    assert len(task.heldout_targets) == round(0.1 * 91)
+    train = task.problems("train", 400, 0)
+    assert not {p["target"] for p in train} & task.heldout_targets
+    test = task.problems("test", 200, 0)
+    assert {p["target"] for p in test} & task.heldout_targets  # held-out targets do show up in test
+    for p in train[:60]:
+        assert Fraction(p["target"]) in _brute_force_values(p["nums"])
+    for p in train + test:
+        _, answer, solved = search_trace(p["nums"], p["target"], 10 ** 9)
+        assert solved and check_answer(answer, p["nums"], p["target"])
+
+
+def test_countdown_traces_end_in_a_wellformed_answer_and_solved_ones_verify():
+    task = Countdown(CountdownConfig(patience=(1, 2, 4, 8, 16, 32)))
+    rng = random.Random(0)
+    outcomes = collections.Counter()
+    for p in task.problems("train", 300, 1):
+        text = task.sft_target(p, rng)
+        parsed = parse_response(text)
+        assert parsed is not None, text
+        think, answer = parsed
+        solved = think.endswith("found")
+        assert solved or think.endswith("give up")
+        assert task.score(p, text).correct == solved
+        outcomes[solved] += 1
+    assert outcomes[True] > 50 and outcomes[False] > 50  # the patience spread gives both kinds
+
+
+def test_countdown_trace_example():
+    trace, answer, solved = search_trace([25, 3, 7, 2], 24, 100)
+    assert solved and check_answer(answer, [25, 3, 7, 2], 24)
+    first = trace.split("\n")[0]
+    assert first.startswith("25-") or first.startswith("25+")  # closest-first heuristic
+    trace, answer, solved = search_trace([25, 3, 7, 2], 24, 1)
+    assert not solved and trace.endswith("give up") and trace.count("\n") == 1
+
+
+def test_countdown_checker_rejects_reused_or_foreign_numbers():
+    assert check_answer("25-1", [25, 1, 3], 24)
+    from nanor1.tasks.verify import VerifyError
+    with pytest.raises(VerifyError):
+        check_answer("12+12", [12, 3], 24)
+    with pytest.raises(VerifyError):
+        check_answer("20+4", [20, 3], 24)
+
+
+def test_gsm8k_all_official_answers_parse(gsm8k_path):
+    train, test = load(gsm8k_path, "train"), load(gsm8k_path, "test")
+    assert len(train) == 7473 and len(test) == 1319
+    assert all(p["answer"].denominator == 1 for p in train + test)  # all official answers are integers
+    task = make_task("gsm8k", GSM8KConfig(path=gsm8k_path))
+    for p in train[:500] + test:
+        target = task.sft_target(p)
+        assert "<<" not in target and task.score(p, target).correct
+
+
+def test_gsm8k_malformed_lines_name_file_and_line(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"question": "q", "answer": "a\\n#### 1,234"}\n{"question": 1}\n')
+    with pytest.raises(ValueError, match=r"train.jsonl:2: expected string fields"):
+        load(tmp_path, "train")
+    (tmp_path / "train.jsonl").write_text('{"question": "q", "answer": "no final line"}\n')
+    with pytest.raises(ValueError, match=r"train.jsonl:1: no final"):
+        load(tmp_path, "train")
+    (tmp_path / "train.jsonl").write_text('{"question": "q", "answer": "a\\n#### 1,234"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"train.jsonl:2: not valid JSON"):
+        load(tmp_path, "train")
+    with pytest.raises(FileNotFoundError, match=r"test.jsonl"):
+        load(tmp_path, "test")
+    (tmp_path / "train.jsonl").write_text('{"question": "q", "answer": "a\\n#### 1,234"}\n')
+    assert load(tmp_path, "train")[0]["answer"] == 1234
