@@ -1,0 +1,280 @@
+"""Causal flash attention for MLA shapes, forward and backward, in Triton.
+
+FlashAttention-2 (Dao 2023) structure, as in Triton's fused-attention tutorial:
+  forward:  one program per (query block, batch*head); loop over key blocks with an online softmax in
+            base 2 (m = running max, l = running sum); save LSE = m + log2(l) per row. No T x T matrix.
+  backward: Delta = rowsum(O * dO) (preprocess); one program per key block accumulates dK and dV over the
+            query blocks that see it; one program per query block accumulates dQ. No atomics.
+MLA specifics (DeepSeek-V2 eqs. 44-46): the score is q_nope.k_nope + q_rope.k_rope, so the two parts are
+two dots (each padded to a power of two); k_rope is one vector per token shared by all heads (loaded with
+no head stride; its gradient is summed over heads afterwards); the value dim differs from the key dim.
+Left padding: keys before start[b] are masked; a query row with no key left outputs 0.
+
+Reference: kernels/reference.py::mla_attention. Tests: tests/test_kernels.py.
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _attn_fwd(Qn, Qr, Kn, Kr, V, O, LSE, Start,
+              s_qn_b, s_qn_h, s_qn_t, s_qr_b, s_qr_h, s_qr_t, s_kn_b, s_kn_h, s_kn_t, s_kr_b, s_kr_t,
+              s_v_b, s_v_h, s_v_t, s_o_b, s_o_h, s_o_t,
+              H, T, qk_scale,
+              DN: tl.constexpr, DR: tl.constexpr, DV: tl.constexpr,
+              BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              HAS_START: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // H, pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dn, dr, dv = tl.arange(0, BDN), tl.arange(0, BDR), tl.arange(0, BDV)
+    row_ok = offs_m < T
+    qn = tl.load(Qn + b * s_qn_b + h * s_qn_h + offs_m[:, None] * s_qn_t + dn[None, :],
+                 mask=row_ok[:, None] & (dn[None, :] < DN), other=0.0)  # (BLOCK_M, BDN)
+    qr = tl.load(Qr + b * s_qr_b + h * s_qr_h + offs_m[:, None] * s_qr_t + dr[None, :],
+                 mask=row_ok[:, None] & (dr[None, :] < DR), other=0.0)  # (BLOCK_M, BDR)
+    if UPCAST:  # the interpreter's dot is wrong on bf16: compute in fp32 there
+        qn, qr = qn.to(tl.float32), qr.to(tl.float32)
+    if HAS_START:
+        start = tl.load(Start + b).to(tl.int32)
+    else:
+        start = 0
+    lo = (start // BLOCK_N) * BLOCK_N  # key blocks wholly in the padding are skipped
+    hi = tl.minimum((pid_m + 1) * BLOCK_M, T)  # causal: nothing past the block's last query
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BDV], tl.float32)
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < T
+        kn = tl.load(Kn + b * s_kn_b + h * s_kn_h + offs_n[None, :] * s_kn_t + dn[:, None],
+                     mask=col_ok[None, :] & (dn[:, None] < DN), other=0.0)  # (BDN, BLOCK_N)
+        kr = tl.load(Kr + b * s_kr_b + offs_n[None, :] * s_kr_t + dr[:, None],
+                     mask=col_ok[None, :] & (dr[:, None] < DR), other=0.0)  # (BDR, BLOCK_N), shared by heads
+        v = tl.load(V + b * s_v_b + h * s_v_h + offs_n[:, None] * s_v_t + dv[None, :],
+                    mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)  # (BLOCK_N, BDV)
+        if UPCAST:
+            kn, kr, v = kn.to(tl.float32), kr.to(tl.float32), v.to(tl.float32)
+        s = tl.dot(qn, kn, input_precision=PRECISION) + tl.dot(qr, kr, input_precision=PRECISION)
+        s = s * qk_scale  # scores in base-2 units
+        keep = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= start) & col_ok[None, :]
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing kept yet
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(O + b * s_o_b + h * s_o_h + offs_m[:, None] * s_o_t + dv[None, :], out.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & (dv[None, :] < DV))
+    lse = tl.where(empty, 0.0, tl.where(m_i == float("-inf"), 0.0, m_i) + tl.math.log2(l_safe))
+    tl.store(LSE + pid_bh * T + offs_m, lse, mask=row_ok)
+
+
+@triton.jit
+def _attn_bwd_kv(Qn, Qr, Kn, Kr, V, dO, LSE, Delta, Start, dKn, dKr, dV,
+                 s_qn_b, s_qn_h, s_qn_t, s_qr_b, s_qr_h, s_qr_t, s_kn_b, s_kn_h, s_kn_t, s_kr_b, s_kr_t,
+                 s_v_b, s_v_h, s_v_t, s_do_b, s_do_h, s_do_t,
+                 H, T, qk_scale, sm_scale,
+                 DN: tl.constexpr, DR: tl.constexpr, DV: tl.constexpr,
+                 BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 HAS_START: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """dK, dV of one key block: sum over the query blocks at or after it. dKr is per head (B, H, T, DR)."""
+    pid_n, pid_bh = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // H, pid_bh % H
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    dn, dr, dv = tl.arange(0, BDN), tl.arange(0, BDR), tl.arange(0, BDV)
+    col_ok = offs_n < T
+    kn = tl.load(Kn + b * s_kn_b + h * s_kn_h + offs_n[:, None] * s_kn_t + dn[None, :],
+                 mask=col_ok[:, None] & (dn[None, :] < DN), other=0.0)  # (BLOCK_N, BDN)
+    kr = tl.load(Kr + b * s_kr_b + offs_n[:, None] * s_kr_t + dr[None, :],
+                 mask=col_ok[:, None] & (dr[None, :] < DR), other=0.0)  # (BLOCK_N, BDR)
+    v = tl.load(V + b * s_v_b + h * s_v_h + offs_n[:, None] * s_v_t + dv[None, :],
+                mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)  # (BLOCK_N, BDV)
+    if UPCAST:
+        kn, kr, v = kn.to(tl.float32), kr.to(tl.float32), v.to(tl.float32)
+    if HAS_START:
+        start = tl.load(Start + b).to(tl.int32)
+    else:
+        start = 0
+    dkn = tl.zeros([BLOCK_N, BDN], tl.float32)
+    dkr = tl.zeros([BLOCK_N, BDR], tl.float32)
+    dvv = tl.zeros([BLOCK_N, BDV], tl.float32)
+    lo = ((pid_n * BLOCK_N) // BLOCK_M) * BLOCK_M  # earlier queries cannot see these keys
+    for m0 in range(lo, T, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        row_ok = offs_m < T
+        qn = tl.load(Qn + b * s_qn_b + h * s_qn_h + offs_m[:, None] * s_qn_t + dn[None, :],
+                     mask=row_ok[:, None] & (dn[None, :] < DN), other=0.0)
+        qr = tl.load(Qr + b * s_qr_b + h * s_qr_h + offs_m[:, None] * s_qr_t + dr[None, :],
+                     mask=row_ok[:, None] & (dr[None, :] < DR), other=0.0)
+        do = tl.load(dO + b * s_do_b + h * s_do_h + offs_m[:, None] * s_do_t + dv[None, :],
+                     mask=row_ok[:, None] & (dv[None, :] < DV), other=0.0)
+        if UPCAST:
+            qn, qr, do = qn.to(tl.float32), qr.to(tl.float32), do.to(tl.float32)
+        lse = tl.load(LSE + pid_bh * T + offs_m, mask=row_ok, other=0.0)
+        delta = tl.load(Delta + pid_bh * T + offs_m, mask=row_ok, other=0.0)
+        s = (tl.dot(qn, tl.trans(kn), input_precision=PRECISION)
+             + tl.dot(qr, tl.trans(kr), input_precision=PRECISION)) * qk_scale  # (BLOCK_M, BLOCK_N)
+        keep = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= start) & col_ok[None, :] & row_ok[:, None]
+        p = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)  # the softmax probabilities, recomputed
+        dvv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])  # dS = P * (dP - rowsum(dO * O))
+        dkn += tl.dot(tl.trans(ds).to(qn.dtype), qn, input_precision=PRECISION)
+        dkr += tl.dot(tl.trans(ds).to(qr.dtype), qr, input_precision=PRECISION)
+    base = b * H * T + h * T  # dKn, dKr, dV are contiguous (B, H, T, d)
+    tl.store(dKn + (base + offs_n[:, None]) * DN + dn[None, :], (dkn * sm_scale).to(dKn.dtype.element_ty),
+             mask=col_ok[:, None] & (dn[None, :] < DN))
+    tl.store(dKr + (base + offs_n[:, None]) * DR + dr[None, :], dkr * sm_scale,
+             mask=col_ok[:, None] & (dr[None, :] < DR))
+    tl.store(dV + (base + offs_n[:, None]) * DV + dv[None, :], dvv.to(dV.dtype.element_ty),
+             mask=col_ok[:, None] & (dv[None, :] < DV))
+
+
+@triton.jit
+def _attn_bwd_q(Qn, Qr, Kn, Kr, V, dO, LSE, Delta, Start, dQn, dQr,
+                s_qn_b, s_qn_h, s_qn_t, s_qr_b, s_qr_h, s_qr_t, s_kn_b, s_kn_h, s_kn_t, s_kr_b, s_kr_t,
+                s_v_b, s_v_h, s_v_t, s_do_b, s_do_h, s_do_t,
+                H, T, qk_scale, sm_scale,
+                DN: tl.constexpr, DR: tl.constexpr, DV: tl.constexpr,
+                BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                HAS_START: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """dQ of one query block: sum over the key blocks it sees."""
+    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+    b, h = pid_bh // H, pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dn, dr, dv = tl.arange(0, BDN), tl.arange(0, BDR), tl.arange(0, BDV)
+    row_ok = offs_m < T
+    qn = tl.load(Qn + b * s_qn_b + h * s_qn_h + offs_m[:, None] * s_qn_t + dn[None, :],
+                 mask=row_ok[:, None] & (dn[None, :] < DN), other=0.0)
+    qr = tl.load(Qr + b * s_qr_b + h * s_qr_h + offs_m[:, None] * s_qr_t + dr[None, :],
+                 mask=row_ok[:, None] & (dr[None, :] < DR), other=0.0)
+    do = tl.load(dO + b * s_do_b + h * s_do_h + offs_m[:, None] * s_do_t + dv[None, :],
+                 mask=row_ok[:, None] & (dv[None, :] < DV), other=0.0)
+    if UPCAST:
+        qn, qr, do = qn.to(tl.float32), qr.to(tl.float32), do.to(tl.float32)
+    lse = tl.load(LSE + pid_bh * T + offs_m, mask=row_ok, other=0.0)
+    delta = tl.load(Delta + pid_bh * T + offs_m, mask=row_ok, other=0.0)
+    if HAS_START:
+        start = tl.load(Start + b).to(tl.int32)
+    else:
+        start = 0
+    dqn = tl.zeros([BLOCK_M, BDN], tl.float32)
+    dqr = tl.zeros([BLOCK_M, BDR], tl.float32)
+    lo = (start // BLOCK_N) * BLOCK_N
+    hi = tl.minimum((pid_m + 1) * BLOCK_M, T)
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        col_ok = offs_n < T
+        kn = tl.load(Kn + b * s_kn_b + h * s_kn_h + offs_n[:, None] * s_kn_t + dn[None, :],
+                     mask=col_ok[:, None] & (dn[None, :] < DN), other=0.0)
+        kr = tl.load(Kr + b * s_kr_b + offs_n[:, None] * s_kr_t + dr[None, :],
+                     mask=col_ok[:, None] & (dr[None, :] < DR), other=0.0)
+        v = tl.load(V + b * s_v_b + h * s_v_h + offs_n[:, None] * s_v_t + dv[None, :],
+                    mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)
+        if UPCAST:
+            kn, kr, v = kn.to(tl.float32), kr.to(tl.float32), v.to(tl.float32)
+        s = (tl.dot(qn, tl.trans(kn), input_precision=PRECISION)
+             + tl.dot(qr, tl.trans(kr), input_precision=PRECISION)) * qk_scale
+        keep = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= start) & col_ok[None, :] & row_ok[:, None]
+        p = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dqn += tl.dot(ds.to(kn.dtype), kn, input_precision=PRECISION)
+        dqr += tl.dot(ds.to(kr.dtype), kr, input_precision=PRECISION)
+    base = b * H * T + h * T
+    tl.store(dQn + (base + offs_m[:, None]) * DN + dn[None, :], (dqn * sm_scale).to(dQn.dtype.element_ty),
+             mask=row_ok[:, None] & (dn[None, :] < DN))
+    tl.store(dQr + (base + offs_m[:, None]) * DR + dr[None, :], (dqr * sm_scale).to(dQr.dtype.element_ty),
+             mask=row_ok[:, None] & (dr[None, :] < DR))
+
+
+def _pow2(d):
+    return max(16, triton.next_power_of_2(d))
+
+
+def block_config(dn, dr, dv, dtype):
+    """Block sizes, warps and stages. Untuned defaults (no GPU was available to tune them; see docs/)."""
+    if _INTERPRET:
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=1, num_stages=1)
+    big = _pow2(dn) + _pow2(dr) + _pow2(dv) > 256 or dtype == torch.float32
+    return dict(BLOCK_M=64, BLOCK_N=32 if big else 64, num_warps=4, num_stages=2 if big else 3)
+
+
+def _last_dim_contiguous(t):
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class _FlashMLAAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q_nope, q_rope, k_nope, k_rope, v, scale, start):
+        q_nope, q_rope, k_nope, k_rope, v = map(_last_dim_contiguous, (q_nope, q_rope, k_nope, k_rope, v))
+        B, H, T, DN = q_nope.shape
+        DR, DV = q_rope.shape[-1], v.shape[-1]
+        if k_rope.shape != (B, T, DR) or v.shape[:3] != (B, H, T) or k_nope.shape != q_nope.shape:
+            raise ValueError(f"flash_mla_attention: shapes q_nope {tuple(q_nope.shape)}, q_rope "
+                             f"{tuple(q_rope.shape)}, k_nope {tuple(k_nope.shape)}, k_rope {tuple(k_rope.shape)}, "
+                             f"v {tuple(v.shape)} do not fit (B,H,T,dn) (B,H,T,dr) (B,H,T,dn) (B,T,dr) (B,H,T,dv)")
+        cfg = block_config(DN, DR, DV, q_nope.dtype)
+        has_start = start is not None
+        start_t = start.to(device=q_nope.device, dtype=torch.int32).contiguous() if has_start else \
+            torch.zeros(1, dtype=torch.int32, device=q_nope.device)
+        o = torch.empty(B, H, T, DV, dtype=v.dtype, device=v.device)
+        lse = torch.empty(B * H, T, dtype=torch.float32, device=v.device)
+        precision = "ieee" if q_nope.dtype == torch.float32 else "tf32"
+        grid = (triton.cdiv(T, cfg["BLOCK_M"]), B * H)
+        _attn_fwd[grid](q_nope, q_rope, k_nope, k_rope, v, o, lse, start_t,
+                        *q_nope.stride()[:3], *q_rope.stride()[:3], *k_nope.stride()[:3], *k_rope.stride()[:2],
+                        *v.stride()[:3], *o.stride()[:3],
+                        H, T, scale * LOG2E,
+                        DN=DN, DR=DR, DV=DV, BDN=_pow2(DN), BDR=_pow2(DR), BDV=_pow2(DV),
+                        HAS_START=has_start, UPCAST=_INTERPRET, PRECISION=precision, **cfg)
+        ctx.save_for_backward(q_nope, q_rope, k_nope, k_rope, v, o, lse, start_t)
+        ctx.scale, ctx.has_start, ctx.cfg, ctx.precision = scale, has_start, cfg, precision
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q_nope, q_rope, k_nope, k_rope, v, o, lse, start_t = ctx.saved_tensors
+        do = _last_dim_contiguous(do)
+        B, H, T, DN = q_nope.shape
+        DR, DV = q_rope.shape[-1], v.shape[-1]
+        cfg = ctx.cfg
+        delta = (o.float() * do.float()).sum(-1).reshape(B * H, T).contiguous()  # preprocess: rowsum(O * dO)
+        dq_nope = torch.empty(B, H, T, DN, dtype=q_nope.dtype, device=q_nope.device)
+        dq_rope = torch.empty(B, H, T, DR, dtype=q_rope.dtype, device=q_rope.device)
+        dk_nope = torch.empty(B, H, T, DN, dtype=k_nope.dtype, device=k_nope.device)
+        dk_rope_heads = torch.empty(B, H, T, DR, dtype=torch.float32, device=k_rope.device)
+        dv = torch.empty(B, H, T, DV, dtype=v.dtype, device=v.device)
+        common = dict(DN=DN, DR=DR, DV=DV, BDN=_pow2(DN), BDR=_pow2(DR), BDV=_pow2(DV),
+                      HAS_START=ctx.has_start, UPCAST=_INTERPRET, PRECISION=ctx.precision, **cfg)
+        strides = (*q_nope.stride()[:3], *q_rope.stride()[:3], *k_nope.stride()[:3], *k_rope.stride()[:2],
+                   *v.stride()[:3], *do.stride()[:3])
+        _attn_bwd_kv[(triton.cdiv(T, cfg["BLOCK_N"]), B * H)](
+            q_nope, q_rope, k_nope, k_rope, v, do, lse, delta, start_t, dk_nope, dk_rope_heads, dv,
+            *strides, H, T, ctx.scale * LOG2E, ctx.scale, **common)
+        _attn_bwd_q[(triton.cdiv(T, cfg["BLOCK_M"]), B * H)](
+            q_nope, q_rope, k_nope, k_rope, v, do, lse, delta, start_t, dq_nope, dq_rope,
+            *strides, H, T, ctx.scale * LOG2E, ctx.scale, **common)
+        dk_rope = dk_rope_heads.sum(1).to(k_rope.dtype)  # the shared rope key: gradient summed over heads
+        return dq_nope, dq_rope, dk_nope, dk_rope, dv, None, None
+
+
+def flash_mla_attention(q_nope, q_rope, k_nope, k_rope, v, scale, start=None):
+    """Same contract as reference.mla_attention: (B,H,T,dn) (B,H,T,dr) (B,H,T,dn) (B,T,dr) (B,H,T,dv) -> (B,H,T,dv)."""
+    return _FlashMLAAttention.apply(q_nope, q_rope, k_nope, k_rope, v, scale, start)

@@ -1,0 +1,482 @@
+"""A minimal GPT with the DeepSeek-V3 parts, readable top to bottom.
+
+    tokens -> embedding -> n_layers x [ x + MLA(norm(x)) ; x + FFN(norm(x)) ] -> norm -> head
+    FFN = dense SwiGLU MLP in the first n_dense_layers, MoE (shared + routed experts) after.
+    MTP: mtp_depth extra blocks, each predicting one token further ahead (training signal, and drafts).
+
+Papers: DeepSeek-V2 (arXiv 2405.04434) for MLA, DeepSeek-V3 (arXiv 2412.19437) for the sigmoid gate,
+auxiliary-loss-free balancing and MTP. Equation numbers below are those papers'.
+Shapes: B batch, T tokens, H heads, D dim, E routed experts, K experts per token, C kv_lora_rank.
+"""
+import dataclasses
+import math
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from nanor1 import kernels
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    vocab_size: int = 4096
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    max_seq_len: int = 1024
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    # Multi-head Latent Attention
+    q_lora_rank: int = 0  # 0: a plain query projection
+    kv_lora_rank: int = 64
+    qk_nope_head_dim: int = 32
+    qk_rope_head_dim: int = 16
+    v_head_dim: int = 32
+    # feed-forward: dense MLP in the first layers, Mixture-of-Experts after
+    n_dense_layers: int = 1
+    inter_dim: int = 512  # dense MLP width
+    n_routed_experts: int = 8
+    n_shared_experts: int = 1
+    n_activated_experts: int = 2
+    n_expert_groups: int = 1
+    n_limited_groups: int = 1
+    moe_inter_dim: int = 128
+    route_scale: float = 1.0
+    bias_update_speed: float = 1e-3  # gamma of aux-loss-free balancing (V3 sec. 2.1.2)
+    seq_aux_alpha: float = 1e-4  # weight of the sequence-wise balance loss (V3 eq. 17)
+    # multi-token prediction
+    mtp_depth: int = 1
+    mtp_lambda: float = 0.3
+    # which code runs the two hot spots: 'auto' (Triton on CUDA), 'triton', 'torch'
+    attn_impl: str = "auto"
+    loss_impl: str = "auto"
+    moe_impl: str = "auto"  # 'auto' (grouped matmul on CUDA bf16), 'loop' (one matmul per expert slice)
+
+    def check(self):
+        errors = []
+        if self.n_routed_experts:  # a model with no routed experts is dense throughout
+            if not 1 <= self.n_activated_experts <= self.n_routed_experts:
+                errors.append("n_activated_experts must be in 1..n_routed_experts")
+            if self.n_expert_groups < 1 or self.n_routed_experts % self.n_expert_groups:
+                errors.append("n_routed_experts must be divisible by n_expert_groups")
+            elif not 1 <= self.n_limited_groups <= self.n_expert_groups:
+                errors.append("n_limited_groups must be in 1..n_expert_groups")
+            elif self.n_limited_groups * (self.n_routed_experts // self.n_expert_groups) < self.n_activated_experts:
+                errors.append("the kept groups hold fewer experts than n_activated_experts")
+        if self.qk_rope_head_dim % 2:
+            errors.append("qk_rope_head_dim must be even")
+        if not 0 <= self.n_dense_layers <= self.n_layers:
+            errors.append("n_dense_layers must be in 0..n_layers")
+        if errors:
+            raise ValueError("model config: " + "; ".join(errors))
+        return self
+
+
+# ----------------------------------------------------------------------------------------------- basics
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight, computed in fp32 (Zhang & Sennrich 2019)."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def rope_tables(max_len, rope_dim, theta):
+    """cos, sin of RoPE's angles (Su et al. 2021): (max_len, rope_dim/2) each."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, rope_dim, 2).float() / rope_dim)
+    angles = torch.outer(torch.arange(max_len).float(), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate pairs (x[i], x[i + d/2]) by the position's angle. x: (..., d); cos/sin broadcast to (..., d/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward (Shazeer 2020): w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim, inter_dim):
+        super().__init__()
+        self.w1 = nn.Linear(dim, inter_dim, bias=False)
+        self.w3 = nn.Linear(dim, inter_dim, bias=False)
+        self.w2 = nn.Linear(inter_dim, dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+# ------------------------------------------------------------------------------------ latent KV cache
+
+class KVCache:
+    """What MLA caches per token and layer: the normalised latent c_kv (C values) and the rotated k_rope
+    (qk_rope_head_dim values), instead of every head's K and V (DeepSeek-V2 sec. 2.1.2).
+
+    All rows share one length; ragged prompts are left-padded and `start[b]` is row b's first real position.
+    Layers 0..n_layers-1 are the main blocks, the rest the MTP blocks.
+    """
+
+    def __init__(self, cfg, batch, max_len, device, dtype, start=None):
+        n = cfg.n_layers + cfg.mtp_depth
+        self.latent = torch.zeros(n, batch, max_len, cfg.kv_lora_rank, device=device, dtype=dtype)
+        self.k_rope = torch.zeros(n, batch, max_len, cfg.qk_rope_head_dim, device=device, dtype=dtype)
+        self.length = 0
+        self.start = start if start is not None else torch.zeros(batch, dtype=torch.long, device=device)
+
+    def fan_out(self, n):
+        """Repeat every row n times (prefill a prompt once, then sample n continuations of it)."""
+        self.latent = self.latent.repeat_interleave(n, dim=1)
+        self.k_rope = self.k_rope.repeat_interleave(n, dim=1)
+        self.start = self.start.repeat_interleave(n)
+        return self
+
+    @staticmethod
+    def bytes_per_token(cfg, dtype_bytes=2):
+        return cfg.n_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * dtype_bytes
+
+
+# ---------------------------------------------------------------------------- Multi-head Latent Attention
+
+class MLA(nn.Module):
+    """Multi-head Latent Attention (DeepSeek-V2 eqs. 37-47).
+
+    Keys and values come from one low-rank latent c_kv = W_DKV x (eq. 41); the per-head keys/values are
+    W_UK c_kv and W_UV c_kv (eqs. 42-43). Position enters only through a decoupled RoPE part: each head's
+    query has a rope part, and one rope key per token is shared by all heads (eqs. 44-45).
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        H, dn, dr, dv, C = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+        if cfg.q_lora_rank == 0:
+            self.wq = nn.Linear(cfg.dim, H * (dn + dr), bias=False)
+        else:  # low-rank query (eqs. 37-39)
+            self.wq_a = nn.Linear(cfg.dim, cfg.q_lora_rank, bias=False)
+            self.q_norm = RMSNorm(cfg.q_lora_rank, cfg.norm_eps)
+            self.wq_b = nn.Linear(cfg.q_lora_rank, H * (dn + dr), bias=False)
+        self.wkv_a = nn.Linear(cfg.dim, C + dr, bias=False)  # W_DKV and W_KR stacked (eqs. 41, 43)
+        self.kv_norm = RMSNorm(C, cfg.norm_eps)
+        self.wkv_b = nn.Linear(C, H * (dn + dv), bias=False)  # W_UK and W_UV stacked (eqs. 42, 45)
+        self.wo = nn.Linear(H * dv, cfg.dim, bias=False)  # eq. 47
+        self.scale = (dn + dr) ** -0.5
+
+    def forward(self, x, cos, sin, start, cache=None, layer=0):
+        """x: (B, T, D); cos/sin: (B, T, dr/2) for these tokens' positions; start: (B,) or None."""
+        cfg, (B, T, _) = self.cfg, x.shape
+        H, dn, dr, dv, C = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+        q = self.wq(x) if cfg.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
+        q_nope, q_rope = q.view(B, T, H, dn + dr).split([dn, dr], dim=-1)  # (B, T, H, dn), (B, T, H, dr)
+        q_rope = apply_rope(q_rope, cos[:, :, None], sin[:, :, None])
+        latent, k_rope = self.wkv_a(x).split([C, dr], dim=-1)  # (B, T, C), (B, T, dr)
+        latent = self.kv_norm(latent)
+        k_rope = apply_rope(k_rope, cos, sin)
+
+        if cache is None:
+            # Training path: expand the latent into per-head keys and values, one attention call.
+            kv = self.wkv_b(latent).view(B, T, H, dn + dv)
+            k_nope, v = kv.split([dn, dv], dim=-1)
+            out = kernels.mla_attention(q_nope.transpose(1, 2), q_rope.transpose(1, 2), k_nope.transpose(1, 2),
+                                        k_rope, v.transpose(1, 2), self.scale, start, impl=cfg.attn_impl)
+            out = out.transpose(1, 2)  # (B, T, H, dv)
+        else:
+            # Decoding path: cache only (latent, k_rope); absorb W_UK into the query and W_UV into the
+            # output, so attention runs in the C-dim latent space (V2 sec. 2.1.2): MQA with one shared KV.
+            t0 = cache.length
+            cache.latent[layer, :, t0:t0 + T] = latent
+            cache.k_rope[layer, :, t0:t0 + T] = k_rope
+            latents, k_ropes = cache.latent[layer, :, :t0 + T], cache.k_rope[layer, :, :t0 + T]  # (B, S, C/dr)
+            w = self.wkv_b.weight.view(H, dn + dv, C)
+            q_latent = torch.einsum("bthd,hdc->bthc", q_nope, w[:, :dn])  # q^T W_UK
+            scores = (torch.einsum("bthc,bsc->bhts", q_latent, latents)
+                      + torch.einsum("bthr,bsr->bhts", q_rope, k_ropes)).float() * self.scale
+            key_pos, query_pos = torch.arange(t0 + T, device=x.device), torch.arange(t0, t0 + T, device=x.device)
+            keep = (key_pos[None, :] <= query_pos[:, None])[None] & (key_pos[None, None, :] >= start[:, None, None])
+            probs = scores.masked_fill(~keep[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
+            out_latent = torch.einsum("bhts,bsc->bthc", probs.to(x.dtype), latents)
+            out = torch.einsum("bthc,hdc->bthd", out_latent, w[:, dn:])  # W_UV applied after attention
+        return self.wo(out.reshape(B, T, H * dv))
+
+
+# ------------------------------------------------------------------------------------- Mixture of Experts
+
+class Gate(nn.Module):
+    """DeepSeek-V3 routing (eqs. 12-16): sigmoid affinities s = sigmoid(u . e_i); the top-K experts by
+    s + bias (the bias only SELECTS: aux-loss-free balancing, sec. 2.1.2); weights are the selected s,
+    normalised to sum 1, times route_scale. Optional group-limited routing (V2 sec. 2.1.3 / V3)."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.weight = nn.Parameter(torch.empty(cfg.n_routed_experts, cfg.dim))
+        self.register_buffer("bias", torch.zeros(cfg.n_routed_experts))  # a buffer: never gets a gradient
+
+    def forward(self, x):
+        """x: (N, D) -> weights (N, K), experts (N, K) long, scores (N, E) fp32."""
+        cfg = self.cfg
+        scores = torch.sigmoid(F.linear(x, self.weight).float())  # (N, E)
+        select = scores + self.bias
+        if cfg.n_expert_groups > 1:
+            groups = select.view(x.size(0), cfg.n_expert_groups, -1)  # (N, G, E/G)
+            group_score = groups.topk(min(2, groups.size(-1)), dim=-1).values.sum(-1)  # sum of top-2
+            kept = group_score.topk(cfg.n_limited_groups, dim=-1).indices
+            keep = torch.zeros_like(group_score, dtype=torch.bool).scatter_(1, kept, True)
+            select = groups.masked_fill(~keep[:, :, None], float("-inf")).view(x.size(0), -1)
+        experts = select.topk(cfg.n_activated_experts, dim=-1).indices
+        weights = scores.gather(1, experts)
+        weights = weights / weights.sum(-1, keepdim=True) * cfg.route_scale
+        return weights.to(x.dtype), experts, scores
+
+
+_grouped_mm_failed = False
+
+
+def expert_matmul(x, w, counts, sizes, impl):
+    """Grouped matmul: rows of x are sorted by expert, counts[e] (= sizes[e], a list) of them for expert e;
+    row r of expert e becomes x[r] @ w[e].T.   x: (M, in)   w: (E, out, in)   -> (M, out)"""
+    global _grouped_mm_failed
+    if impl == "auto" and x.is_cuda and x.dtype == torch.bfloat16 and not _grouped_mm_failed:
+        try:  # one kernel for all experts (torchtitan does the same)
+            offsets = counts.cumsum(0).to(torch.int32)
+            return torch._grouped_mm(x, w.transpose(-2, -1), offs=offsets)
+        except (RuntimeError, AttributeError) as e:
+            _grouped_mm_failed = True
+            warnings.warn(f"torch._grouped_mm unavailable ({str(e)[:80]}); using one matmul per expert")
+    # one matmul per expert on its contiguous slice
+    return torch.cat([xe @ we.t() for xe, we in zip(x.split(sizes), w)])
+
+
+class MoE(nn.Module):
+    """DeepSeekMoE (V3 eq. 12): h = x + sum_i shared_i(x) + sum_i g_i routed_i(x).
+
+    Dispatch without a loop over tokens: sort the (token, expert) pairs by expert, run each expert on its
+    contiguous slice, scatter-add the weighted outputs back to their tokens.
+    """
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        E, D, I = cfg.n_routed_experts, cfg.dim, cfg.moe_inter_dim
+        self.gate = Gate(cfg)
+        self.w1 = nn.Parameter(torch.empty(E, I, D))  # routed experts' SwiGLU weights, stacked
+        self.w3 = nn.Parameter(torch.empty(E, I, D))
+        self.w2 = nn.Parameter(torch.empty(E, D, I))
+        self.shared = MLP(D, cfg.n_shared_experts * I) if cfg.n_shared_experts else None
+        self.register_buffer("load", torch.zeros(E))  # tokens per expert since the last bias update
+
+    def forward(self, x):
+        """x: (B, T, D) -> out (B, T, D), tokens per expert (E,), sequence-wise balance loss (scalar)."""
+        cfg, (B, T, D) = self.cfg, x.shape
+        K, E = cfg.n_activated_experts, cfg.n_routed_experts
+        flat = x.reshape(B * T, D)
+        weights, experts, scores = self.gate(flat)  # (N, K), (N, K), (N, E)
+        counts = torch.bincount(experts.flatten(), minlength=E)  # (E,)
+        order = experts.flatten().argsort(stable=True)  # pair index, sorted by expert
+        token = order // K  # the token of each sorted pair
+        sizes = counts.tolist()  # (one host sync per layer)
+        xs = flat[token]  # (N*K, D)
+        hidden = F.silu(expert_matmul(xs, self.w1, counts, sizes, cfg.moe_impl)) \
+            * expert_matmul(xs, self.w3, counts, sizes, cfg.moe_impl)
+        ys = expert_matmul(hidden, self.w2, counts, sizes, cfg.moe_impl) * weights.flatten()[order, None]
+        out = torch.zeros_like(flat).index_add_(0, token, ys)
+        if self.shared is not None:
+            out = out + self.shared(flat)
+        if self.training:
+            self.load += counts.detach().float()
+        aux = x.new_zeros((), dtype=torch.float32)
+        if self.training and cfg.seq_aux_alpha > 0:
+            # Sequence-wise balance loss (V3 eqs. 17-20): alpha * sum_i f_i P_i, per sequence, averaged.
+            chosen = torch.zeros(B, T, E, device=x.device).scatter_(2, experts.view(B, T, K), 1.0)
+            f = chosen.sum(1) * E / (K * T)  # (B, E)
+            p = (scores / scores.sum(-1, keepdim=True)).view(B, T, E).mean(1)  # (B, E)
+            aux = cfg.seq_aux_alpha * (f * p).sum(-1).mean()
+        return out.view(B, T, D), counts, aux
+
+    @torch.no_grad()
+    def update_bias(self):
+        """Aux-loss-free balancing (V3 sec. 2.1.2): after a step, bias_i += gamma * sign(mean load - load_i),
+        so overloaded experts are picked less and underloaded ones more. Centred (as in torchtitan)."""
+        if self.load.sum() == 0:
+            return
+        self.gate.bias += self.cfg.bias_update_speed * torch.sign(self.load.mean() - self.load)
+        self.gate.bias -= self.gate.bias.mean()
+        self.load.zero_()
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+class Block(nn.Module):
+    def __init__(self, cfg, use_moe):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = MLA(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.ffn = MoE(cfg) if use_moe else MLP(cfg.dim, cfg.inter_dim)
+
+    def forward(self, x, cos, sin, start, cache, layer):
+        """-> x, tokens per expert (or None for a dense block), balance loss."""
+        x = x + self.attn(self.attn_norm(x), cos, sin, start, cache, layer)
+        if isinstance(self.ffn, MoE):
+            y, load, aux = self.ffn(self.ffn_norm(x))
+            return x + y, load, aux
+        return x + self.ffn(self.ffn_norm(x)), None, 0.0
+
+
+class MTPModule(nn.Module):
+    """Multi-token prediction depth k (V3 eqs. 21-23): h'_i = M_k [RMSNorm(h^{k-1}_i); RMSNorm(Emb(t_{i+k}))],
+    then one transformer block. Embedding and output head are the main model's."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.hidden_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.embed_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.proj = nn.Linear(2 * cfg.dim, cfg.dim, bias=False)  # M_k
+        self.block = Block(cfg, use_moe=cfg.n_routed_experts > 0 and cfg.n_dense_layers < cfg.n_layers)
+
+    def forward(self, hidden, next_embed, cos, sin, start, cache, layer):
+        h = self.proj(torch.cat([self.hidden_norm(hidden), self.embed_norm(next_embed)], dim=-1))
+        return self.block(h, cos, sin, start, cache, layer)
+
+
+@dataclasses.dataclass
+class ModelOutput:
+    logits: torch.Tensor | None  # (B, T, V) when no targets were given (or (B, 1, V) with last_only)
+    loss: torch.Tensor | None  # main + mtp + aux, what the optimizer minimises
+    losses: dict  # {'main', 'mtp', 'aux'} tensors, for logging
+    token_loss: torch.Tensor | None  # (B, T) main-head per-token CE; -token_loss is each target's log-prob
+    expert_load: torch.Tensor | None  # (n_moe_layers, E) tokens routed to each expert in this forward
+    hidden: torch.Tensor  # (B, T, D) final hidden state before the output norm (h^0 of MTP)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg.check()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        use_moe = cfg.n_routed_experts > 0
+        self.layers = nn.ModuleList(Block(cfg, use_moe and i >= cfg.n_dense_layers) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        self.mtp = nn.ModuleList(MTPModule(cfg) for _ in range(cfg.mtp_depth))
+        cos, sin = rope_tables(cfg.max_seq_len, cfg.qk_rope_head_dim, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # residual-branch outputs scaled down (GPT-2)
+            if name.endswith(("attn.wo.weight", "ffn.w2.weight", "ffn.w2", "shared.w2.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layers))
+
+    @staticmethod
+    def _init(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, MoE):
+            for p in (module.w1, module.w3, module.w2):
+                nn.init.normal_(p, std=0.02)
+        elif isinstance(module, Gate):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def moe_layers(self):
+        return [m for m in self.modules() if isinstance(m, MoE)]
+
+    @torch.no_grad()
+    def update_moe_biases(self):
+        """Call after every optimizer step (aux-loss-free balancing)."""
+        for moe in self.moe_layers():
+            moe.update_bias()
+
+    def _rope(self, positions):
+        if positions.max() >= self.cfg.max_seq_len:
+            raise ValueError(f"position {int(positions.max())} exceeds max_seq_len={self.cfg.max_seq_len}")
+        return self.rope_cos[positions], self.rope_sin[positions]  # (B, T, dr/2) each
+
+    def forward(self, idx, targets=None, start=None, cache=None, last_only=False):
+        """idx: (B, T) token ids. targets: (B, T), -100 where no loss (computes the losses, no logits).
+        start: (B,) first real position of each left-padded row. cache: a KVCache (absorbed decoding);
+        its length is advanced by T."""
+        cfg, (B, T) = self.cfg, idx.shape
+        if cache is not None:
+            start, t0 = cache.start, cache.length
+        else:
+            t0 = 0
+        if start is None:
+            start = torch.zeros(B, dtype=torch.long, device=idx.device)
+        positions = (torch.arange(t0, t0 + T, device=idx.device)[None, :] - start[:, None]).clamp(min=0)
+        cos, sin = self._rope(positions)
+        attn_start = start if (cache is not None or bool(start.any())) else None
+
+        x = self.embed(idx)
+        loads, aux = [], x.new_zeros((), dtype=torch.float32)
+        for layer, block in enumerate(self.layers):
+            x, load, block_aux = block(x, cos, sin, attn_start if cache is None else start, cache, layer)
+            aux = aux + block_aux
+            if load is not None:
+                loads.append(load)
+        hidden = x
+        logits = loss = token_loss = None
+        losses = {}
+        if targets is None:
+            logits = self.head(self.norm(x[:, -1:] if last_only else x))
+        else:
+            token_loss = self._token_loss(x, targets)
+            n_valid = (targets != -100).sum().clamp(min=1)
+            losses["main"] = token_loss.sum() / n_valid
+            # MTP (V3 eqs. 21-25): depth k pairs h^{k-1}_i with Emb(t_{i+k}) and predicts t_{i+k+1}.
+            mtp_sum = x.new_zeros((), dtype=torch.float32)
+            h = x
+            for k, module in enumerate(self.mtp, start=1):
+                if T - k <= 0:
+                    break
+                h, load, block_aux = module(h[:, :T - k], self.embed(idx[:, k:]), cos[:, :T - k], sin[:, :T - k],
+                                            attn_start, None, cfg.n_layers + k - 1)
+                aux = aux + block_aux
+                if load is not None:
+                    loads.append(load)
+                mtp_targets = targets[:, k:]
+                mtp_loss = self._token_loss(h, mtp_targets)
+                mtp_sum = mtp_sum + mtp_loss.sum() / (mtp_targets != -100).sum().clamp(min=1)
+            losses["mtp"] = cfg.mtp_lambda / max(cfg.mtp_depth, 1) * mtp_sum
+            losses["aux"] = aux
+            loss = losses["main"] + losses["mtp"] + losses["aux"]
+        if cache is not None:
+            cache.length += T
+        expert_load = torch.stack(loads) if loads else None
+        return ModelOutput(logits, loss, losses, token_loss, expert_load, hidden)
+
+    def _token_loss(self, h, targets):
+        """Per-token CE of the shared head on h (B, T', D): the fused kernel's call site. -> (B, T') fp32."""
+        B, T, D = h.shape
+        loss = kernels.linear_cross_entropy(self.norm(h).reshape(B * T, D), self.head.weight,
+                                            targets.reshape(B * T), impl=self.cfg.loss_impl)
+        return loss.view(B, T)
+
+
+def num_params(cfg):
+    """Closed-form parameter counts -> {'total', 'active', 'mtp'}. 'active' is what one token touches in the
+    main model: everything but the routed experts it was not sent to (embedding included, MTP excluded)."""
+    D, H = cfg.dim, cfg.n_heads
+    dn, dr, dv, C, Q = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank, cfg.q_lora_rank
+    q = D * H * (dn + dr) if Q == 0 else D * Q + Q + Q * H * (dn + dr)
+    attn = q + D * (C + dr) + C + C * H * (dn + dv) + H * dv * D
+    mlp = lambda width: 3 * D * width  # noqa: E731
+    expert = mlp(cfg.moe_inter_dim)
+    moe_fixed = D * cfg.n_routed_experts + mlp(cfg.n_shared_experts * cfg.moe_inter_dim)
+    moe_total = moe_fixed + cfg.n_routed_experts * expert
+    moe_active = moe_fixed + cfg.n_activated_experts * expert
+    use_moe = cfg.n_routed_experts > 0
+    n_moe = cfg.n_layers - cfg.n_dense_layers if use_moe else 0
+    n_dense = cfg.n_layers - n_moe
+    block = 2 * D + attn
+    main_fixed = 2 * cfg.vocab_size * D + D + cfg.n_layers * block + n_dense * mlp(cfg.inter_dim)
+    mtp_moe = use_moe and cfg.n_dense_layers < cfg.n_layers
+    mtp = cfg.mtp_depth * (2 * D + 2 * D * D + block + (moe_total if mtp_moe else mlp(cfg.inter_dim)))
+    return {"total": main_fixed + n_moe * moe_total + mtp, "active": main_fixed + n_moe * moe_active, "mtp": mtp}

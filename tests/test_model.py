@@ -1,0 +1,192 @@
+import dataclasses
+import runpy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nanor1.model import GPT, KVCache, ModelConfig, MoE, num_params
+
+ROOT = __file__.rsplit("/tests/", 1)[0]
+
+
+def size(name, **overrides):
+    return ModelConfig(**{**runpy.run_path(f"{ROOT}/configs/model_{name}.py")["model"], **overrides})
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    return GPT(size("test", attn_impl="torch", loss_impl="torch", **overrides)).eval()
+
+
+def test_causal_no_future_leak():
+    model = tiny()
+    idx = torch.randint(0, 512, (2, 24))
+    changed = idx.clone()
+    changed[:, 15:] = torch.randint(0, 512, (2, 9))
+    a, b = model(idx).logits, model(changed).logits
+    assert torch.allclose(a[:, :15], b[:, :15], atol=1e-6)
+    assert not torch.allclose(a[:, 15:], b[:, 15:], atol=1e-3)
+
+
+@pytest.mark.parametrize("q_lora_rank", [0, 16])
+def test_absorbed_decode_path_equals_naive(q_lora_rank):
+    model = tiny(q_lora_rank=q_lora_rank)
+    idx = torch.randint(0, 512, (3, 20))
+    start = torch.tensor([0, 5, 11])  # left padding: rows 1 and 2 begin later
+    naive = model(idx, start=start).logits
+    cache = KVCache(model.cfg, 3, 32, "cpu", torch.float32, start=start)
+    absorbed = model(idx, cache=cache).logits
+    real = torch.arange(20)[None, :] >= start[:, None]  # padding positions are undefined either way
+    assert (naive - absorbed)[real].abs().max() < 1e-5
+
+
+def test_incremental_decoding_equals_full_forward():
+    model = tiny()
+    prompt, continuation = torch.randint(0, 512, (2, 7)), torch.randint(0, 512, (2, 20))
+    start = torch.tensor([0, 3])
+    full = model(torch.cat([prompt, continuation], 1), start=start).logits  # (2, 27, V)
+    cache = KVCache(model.cfg, 2, 27, "cpu", torch.float32, start=start)
+    steps = [model(prompt, cache=cache).logits[:, -1]]
+    for t in range(19):
+        steps.append(model(continuation[:, t:t + 1], cache=cache).logits[:, -1])
+    assert cache.length == 26
+    assert (torch.stack(steps, 1) - full[:, 6:26]).abs().max() < 1e-5
+
+
+def test_prefill_then_fan_out_matches_repeated_prompt():
+    model = tiny()
+    prompt, nxt = torch.randint(0, 512, (2, 6)), torch.randint(0, 512, (6, 1))
+    cache = KVCache(model.cfg, 2, 8, "cpu", torch.float32)
+    model(prompt, cache=cache)
+    fanned = model(nxt, cache=cache.fan_out(3)).logits[:, -1]
+    full = model(torch.cat([prompt.repeat_interleave(3, 0), nxt], 1)).logits[:, -1]
+    assert (fanned - full).abs().max() < 1e-5
+
+
+def slow_moe(moe, x):
+    """Reference: a Python loop over tokens and their chosen experts."""
+    flat = x.reshape(-1, x.size(-1))
+    weights, experts, _ = moe.gate(flat)
+    out = []
+    for t in range(flat.size(0)):
+        y = moe.shared(flat[t]) if moe.shared is not None else 0
+        for j in range(experts.size(1)):
+            e = experts[t, j]
+            y = y + weights[t, j] * (moe.w2[e] @ (F.silu(moe.w1[e] @ flat[t]) * (moe.w3[e] @ flat[t])))
+        out.append(y)
+    return torch.stack(out).view_as(x)
+
+
+@pytest.mark.parametrize("groups", [(1, 1), (2, 1)])
+def test_fast_moe_dispatch_equals_per_token_loop(groups):
+    torch.manual_seed(0)
+    cfg = size("test", n_routed_experts=8, n_activated_experts=3, n_expert_groups=groups[0],
+               n_limited_groups=groups[1] if groups[0] > 1 else 1, route_scale=2.5, seq_aux_alpha=0.0)
+    moe = MoE(cfg)
+    for p in moe.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    moe.gate.bias.copy_(torch.randn(8) * 0.1)
+    x = torch.randn(3, 11, cfg.dim, requires_grad=True)
+    probe = torch.randn(3, 11, cfg.dim)
+    fast, counts, _ = moe(x)
+    (fast * probe).sum().backward()
+    grads_fast = [t.grad.clone() for t in (x, moe.w1, moe.w2, moe.w3, moe.gate.weight)]
+    for t in (x, moe.w1, moe.w2, moe.w3, moe.gate.weight):
+        t.grad = None
+    slow = slow_moe(moe, x)
+    (slow * probe).sum().backward()
+    grads_slow = [t.grad for t in (x, moe.w1, moe.w2, moe.w3, moe.gate.weight)]
+    assert torch.allclose(fast, slow, atol=1e-5)
+    for gf, gs in zip(grads_fast, grads_slow):
+        assert torch.allclose(gf, gs, atol=1e-5)
+    assert counts.sum() == 33 * 3
+
+
+def test_bias_update_balances_a_skewed_router():
+    torch.manual_seed(0)
+    cfg = size("test", n_routed_experts=8, n_activated_experts=2, n_expert_groups=1, n_limited_groups=1,
+               bias_update_speed=0.01, seq_aux_alpha=0.0)
+    moe = MoE(cfg).train()
+    torch.nn.init.normal_(moe.gate.weight, std=0.5)
+    x = torch.randn(4, 64, cfg.dim)
+    x = x + 1.5 * moe.gate.weight[0] / moe.gate.weight[0].norm()  # every token leans to expert 0
+    imbalance = []
+    for _ in range(150):
+        with torch.no_grad():
+            _, counts, _ = moe(x)
+        imbalance.append((counts.max() / counts.float().mean()).item())
+        moe.update_bias()
+    assert imbalance[0] > 2.0
+    assert max(imbalance[-10:]) < 0.6 * imbalance[0]
+    assert abs(moe.gate.bias.mean()) < 1e-6  # centred
+
+
+def test_every_expert_gets_gradient_and_the_bias_never_does():
+    model = tiny()
+    model.train()
+    idx = torch.randint(0, 512, (8, 32))
+    out = model(idx, targets=idx)
+    out.loss.backward()
+    for moe in model.moe_layers():
+        assert moe.gate.bias.grad is None and not moe.gate.bias.requires_grad
+        assert "gate.bias" not in dict(moe.named_parameters())
+        for w in (moe.w1, moe.w2, moe.w3):  # (E, ., .): every routed expert's slice has gradient
+            assert (w.grad.flatten(1).abs().sum(1) > 0).all()
+        assert all(p.grad.abs().sum() > 0 for p in moe.shared.parameters())
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_mtp_targets_are_shifted_right():
+    model = tiny()
+    seen_ids, seen_targets = [], []
+    model.embed.register_forward_hook(lambda m, inp, out: seen_ids.append(inp[0].tolist()))
+    original = model._token_loss
+    model._token_loss = lambda h, t: (seen_targets.append(t.tolist()), original(h, t))[1]
+    idx = torch.tensor([[10, 11, 12, 13]])
+    targets = torch.tensor([[11, 12, 13, 14]])
+    model(idx, targets=targets)
+    # depth k combines h^{k-1}_i with Emb(t_{i+k}) and predicts t_{i+k+1}
+    assert seen_ids == [[[10, 11, 12, 13]], [[11, 12, 13]], [[12, 13]]]
+    assert seen_targets == [[[11, 12, 13, 14]], [[12, 13, 14]], [[13, 14]]]
+
+
+@pytest.mark.parametrize("name", ["test", "laptop", "gpu"])
+@pytest.mark.parametrize("variant", [{}, {"q_lora_rank": 24}, {"n_routed_experts": 0}, {"mtp_depth": 0},
+                                     {"n_shared_experts": 0, "n_dense_layers": 0}])
+def test_parameter_count_matches_closed_form(name, variant):
+    cfg = size(name, **variant)
+    model = GPT(cfg)
+    counts = num_params(cfg)
+    assert counts["total"] == sum(p.numel() for p in model.parameters())
+    assert counts["mtp"] == sum(p.numel() for p in model.mtp.parameters())
+    expert = sum(m.w1[0].numel() + m.w2[0].numel() + m.w3[0].numel() for m in model.moe_layers()[:1])
+    n_moe_main = sum(isinstance(b.ffn, MoE) for b in model.layers)
+    inactive = n_moe_main * (cfg.n_routed_experts - cfg.n_activated_experts) * expert
+    assert counts["active"] == counts["total"] - counts["mtp"] - inactive
+
+
+def test_tiny_model_overfits_one_batch():
+    model = tiny(seq_aux_alpha=0.0)
+    model.train()
+    torch.manual_seed(1)
+    idx = torch.randint(0, 512, (4, 33))
+    inputs, targets = idx[:, :-1], idx[:, 1:]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    first = None
+    for step in range(150):
+        out = model(inputs, targets=targets)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        model.update_moe_biases()
+        first = first or out.losses["main"].item()
+    assert first > 5.0 and out.losses["main"].item() < 0.1
+
+
+def test_bad_config_and_too_long_input_are_clear_errors():
+    with pytest.raises(ValueError, match="n_activated_experts"):
+        GPT(size("test", n_activated_experts=9))
+    model = tiny()
+    with pytest.raises(ValueError, match="exceeds max_seq_len=256"):
+        model(torch.zeros(1, 300, dtype=torch.long))
