@@ -121,22 +121,43 @@ class KVCache:
     """What MLA caches per token and layer: the normalised latent c_kv (C values) and the rotated k_rope
     (qk_rope_head_dim values), instead of every head's K and V (DeepSeek-V2 sec. 2.1.2).
 
-    All rows share one length; ragged prompts are left-padded and `start[b]` is row b's first real position.
-    Layers 0..n_layers-1 are the main blocks, the rest the MTP blocks.
+    Slots are shared by all rows (`length` of them are used); `valid[b, s]` says whether slot s holds a
+    real token of row b, and `pos[b]` is row b's next RoPE position. Ragged prompts are left-padded: their
+    padding slots are never valid. Speculative decoding invalidates the slot of a rejected draft.
+    Layers 0..n_layers-1 are the main blocks, the rest the MTP blocks (same slots as the main ones).
     """
 
     def __init__(self, cfg, batch, max_len, device, dtype, start=None):
         n = cfg.n_layers + cfg.mtp_depth
         self.latent = torch.zeros(n, batch, max_len, cfg.kv_lora_rank, device=device, dtype=dtype)
         self.k_rope = torch.zeros(n, batch, max_len, cfg.qk_rope_head_dim, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        start = start if start is not None else torch.zeros(batch, dtype=torch.long, device=device)
+        self.pos = -start.to(device=device, dtype=torch.long)  # row b's first real token gets position 0
         self.length = 0
-        self.start = start if start is not None else torch.zeros(batch, dtype=torch.long, device=device)
+
+    def advance(self, T):
+        """Claim the next T slots: -> (first slot, RoPE positions (B, T)). Padding slots stay invalid."""
+        t0 = self.length
+        if t0 + T > self.valid.size(1):
+            raise ValueError(f"KVCache is full: {t0} + {T} tokens > {self.valid.size(1)} slots")
+        positions = self.pos[:, None] + torch.arange(T, device=self.pos.device)[None, :]  # (B, T)
+        self.valid[:, t0:t0 + T] = positions >= 0
+        self.pos += T
+        self.length += T
+        return t0, positions.clamp(min=0)
+
+    def reject(self, rows, slot):
+        """Forget the token in `slot` for the rows where `rows` (B,) is True (a rejected draft)."""
+        self.valid[rows, slot] = False
+        self.pos -= rows.long()
 
     def fan_out(self, n):
         """Repeat every row n times (prefill a prompt once, then sample n continuations of it)."""
         self.latent = self.latent.repeat_interleave(n, dim=1)
         self.k_rope = self.k_rope.repeat_interleave(n, dim=1)
-        self.start = self.start.repeat_interleave(n)
+        self.valid = self.valid.repeat_interleave(n, dim=0)
+        self.pos = self.pos.repeat_interleave(n)
         return self
 
     @staticmethod
@@ -170,8 +191,9 @@ class MLA(nn.Module):
         self.wo = nn.Linear(H * dv, cfg.dim, bias=False)  # eq. 47
         self.scale = (dn + dr) ** -0.5
 
-    def forward(self, x, cos, sin, start, cache=None, layer=0):
-        """x: (B, T, D); cos/sin: (B, T, dr/2) for these tokens' positions; start: (B,) or None."""
+    def forward(self, x, cos, sin, start, cache=None, layer=0, slot=0):
+        """x: (B, T, D); cos/sin: (B, T, dr/2) for these tokens' positions; start: (B,) or None (training
+        path); cache: a KVCache whose slots slot..slot+T-1 these tokens fill (decoding path)."""
         cfg, (B, T, _) = self.cfg, x.shape
         H, dn, dr, dv, C = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
         q = self.wq(x) if cfg.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
@@ -191,7 +213,7 @@ class MLA(nn.Module):
         else:
             # Decoding path: cache only (latent, k_rope); absorb W_UK into the query and W_UV into the
             # output, so attention runs in the C-dim latent space (V2 sec. 2.1.2): MQA with one shared KV.
-            t0 = cache.length
+            t0 = slot  # the T new tokens live in slots t0 .. t0+T-1
             cache.latent[layer, :, t0:t0 + T] = latent
             cache.k_rope[layer, :, t0:t0 + T] = k_rope
             latents, k_ropes = cache.latent[layer, :, :t0 + T], cache.k_rope[layer, :, :t0 + T]  # (B, S, C/dr)
@@ -199,8 +221,8 @@ class MLA(nn.Module):
             q_latent = torch.einsum("bthd,hdc->bthc", q_nope, w[:, :dn])  # q^T W_UK
             scores = (torch.einsum("bthc,bsc->bhts", q_latent, latents)
                       + torch.einsum("bthr,bsr->bhts", q_rope, k_ropes)).float() * self.scale
-            key_pos, query_pos = torch.arange(t0 + T, device=x.device), torch.arange(t0, t0 + T, device=x.device)
-            keep = (key_pos[None, :] <= query_pos[:, None])[None] & (key_pos[None, None, :] >= start[:, None, None])
+            key_slot, query_slot = torch.arange(t0 + T, device=x.device), torch.arange(t0, t0 + T, device=x.device)
+            keep = (key_slot[None, :] <= query_slot[:, None])[None] & cache.valid[:, None, :t0 + T]  # (B, T, S)
             probs = scores.masked_fill(~keep[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
             out_latent = torch.einsum("bhts,bsc->bthc", probs.to(x.dtype), latents)
             out = torch.einsum("bthc,hdc->bthd", out_latent, w[:, dn:])  # W_UV applied after attention
@@ -322,9 +344,9 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = MoE(cfg) if use_moe else MLP(cfg.dim, cfg.inter_dim)
 
-    def forward(self, x, cos, sin, start, cache, layer):
+    def forward(self, x, cos, sin, start, cache, layer, slot=0):
         """-> x, tokens per expert (or None for a dense block), balance loss."""
-        x = x + self.attn(self.attn_norm(x), cos, sin, start, cache, layer)
+        x = x + self.attn(self.attn_norm(x), cos, sin, start, cache, layer, slot)
         if isinstance(self.ffn, MoE):
             y, load, aux = self.ffn(self.ffn_norm(x))
             return x + y, load, aux
@@ -342,9 +364,9 @@ class MTPModule(nn.Module):
         self.proj = nn.Linear(2 * cfg.dim, cfg.dim, bias=False)  # M_k
         self.block = Block(cfg, use_moe=cfg.n_routed_experts > 0 and cfg.n_dense_layers < cfg.n_layers)
 
-    def forward(self, hidden, next_embed, cos, sin, start, cache, layer):
+    def forward(self, hidden, next_embed, cos, sin, start, cache, layer, slot=0):
         h = self.proj(torch.cat([self.hidden_norm(hidden), self.embed_norm(next_embed)], dim=-1))
-        return self.block(h, cos, sin, start, cache, layer)
+        return self.block(h, cos, sin, start, cache, layer, slot)
 
 
 @dataclasses.dataclass
@@ -355,6 +377,7 @@ class ModelOutput:
     token_loss: torch.Tensor | None  # (B, T) main-head per-token CE; -token_loss is each target's log-prob
     expert_load: torch.Tensor | None  # (n_moe_layers, E) tokens routed to each expert in this forward
     hidden: torch.Tensor  # (B, T, D) final hidden state before the output norm (h^0 of MTP)
+    positions: torch.Tensor  # (B, T) the RoPE positions used
 
 
 class GPT(nn.Module):
@@ -404,20 +427,20 @@ class GPT(nn.Module):
         start: (B,) first real position of each left-padded row. cache: a KVCache (absorbed decoding);
         its length is advanced by T."""
         cfg, (B, T) = self.cfg, idx.shape
+        slot = 0
         if cache is not None:
-            start, t0 = cache.start, cache.length
+            slot, positions = cache.advance(T)
         else:
-            t0 = 0
-        if start is None:
-            start = torch.zeros(B, dtype=torch.long, device=idx.device)
-        positions = (torch.arange(t0, t0 + T, device=idx.device)[None, :] - start[:, None]).clamp(min=0)
+            if start is None:
+                start = torch.zeros(B, dtype=torch.long, device=idx.device)
+            positions = (torch.arange(T, device=idx.device)[None, :] - start[:, None]).clamp(min=0)
+            start = start if bool(start.any()) else None  # no padding: the kernel can skip the mask
         cos, sin = self._rope(positions)
-        attn_start = start if (cache is not None or bool(start.any())) else None
 
         x = self.embed(idx)
         loads, aux = [], x.new_zeros((), dtype=torch.float32)
         for layer, block in enumerate(self.layers):
-            x, load, block_aux = block(x, cos, sin, attn_start if cache is None else start, cache, layer)
+            x, load, block_aux = block(x, cos, sin, start, cache, layer, slot)
             aux = aux + block_aux
             if load is not None:
                 loads.append(load)
@@ -437,7 +460,7 @@ class GPT(nn.Module):
                 if T - k <= 0:
                     break
                 h, load, block_aux = module(h[:, :T - k], self.embed(idx[:, k:]), cos[:, :T - k], sin[:, :T - k],
-                                            attn_start, None, cfg.n_layers + k - 1)
+                                            start, None, cfg.n_layers + k - 1)
                 aux = aux + block_aux
                 if load is not None:
                     loads.append(load)
@@ -447,10 +470,16 @@ class GPT(nn.Module):
             losses["mtp"] = cfg.mtp_lambda / max(cfg.mtp_depth, 1) * mtp_sum
             losses["aux"] = aux
             loss = losses["main"] + losses["mtp"] + losses["aux"]
-        if cache is not None:
-            cache.length += T
         expert_load = torch.stack(loads) if loads else None
-        return ModelOutput(logits, loss, losses, token_loss, expert_load, hidden)
+        return ModelOutput(logits, loss, losses, token_loss, expert_load, hidden, positions)
+
+    def mtp_draft(self, hidden, next_ids, positions, cache, slot):
+        """MTP depth 1 at decoding time: from the main hidden states of the tokens in slots slot..slot+T-1
+        and the ids that follow them, the logits of the token after those. Its latents go to the MTP layer
+        of the same slots. hidden: (B, T, D), next_ids: (B, T), positions: (B, T) -> logits (B, T, V)."""
+        cos, sin = self._rope(positions)
+        h, _, _ = self.mtp[0](hidden, self.embed(next_ids), cos, sin, None, cache, self.cfg.n_layers, slot)
+        return self.head(self.norm(h))
 
     def _token_loss(self, h, targets):
         """Per-token CE of the shared head on h (B, T', D): the fused kernel's call site. -> (B, T') fp32."""

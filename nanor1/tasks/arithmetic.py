@@ -56,6 +56,8 @@ class Arithmetic:
         return out
 
     def prompt(self, problem):
+        if "question" in problem:  # a problem given as text (sample.py --problems)
+            return problem["question"]
         return f"What is {problem['a']} {problem['op']} {problem['b']}?"
 
     def sft_target(self, problem, rng):

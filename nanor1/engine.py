@@ -1,0 +1,196 @@
+"""The sampler used by evaluation, rejection sampling and GRPO.
+
+    generate(model, prompts, max_new_tokens, n=..., temperature=..., top_k=..., top_p=..., stop_ids=..., seed=...)
+
+Ragged prompts are left-padded into one batch (row b's real tokens start at start[b]; attention masks the
+padding and RoPE positions count from start[b]). The prompt is prefilled once into MLA's latent cache, then
+fanned out to n samples per prompt (best-of-N, GRPO groups). Each step feeds one token per row through the
+absorbed decoding path; a row stops on its own at a stop id (its stop token is kept) or at max_new_tokens.
+
+speculative=True: MTP self-speculative decoding (DeepSeek-V3 sec. 5.4.3). The MTP module drafts the token
+after next; one forward of the main model on [next, draft] verifies it and, when accepted, also yields the
+token after the draft: up to two tokens per forward. Drafts are accepted by the speculative sampling rule
+(Leviathan et al. 2023; Chen et al. 2023), which keeps the main model's distribution exactly; greedy
+decoding gives the same tokens as plain greedy decoding.
+"""
+import dataclasses
+
+import torch
+
+from nanor1.model import KVCache
+
+
+@dataclasses.dataclass
+class Generation:
+    tokens: list  # list of lists of response ids, row i = prompt i // n, sample i % n; stop token included
+    finished: list  # True where the row stopped on a stop id (False: cut at max_new_tokens, "truncated")
+    acceptance: float | None = None  # speculative decoding: share of drafts accepted
+
+
+def left_pad(prompts, pad_id, device):
+    """list of id lists -> (B, L) ids, start (B,): row b's first real position."""
+    L = max(len(p) for p in prompts)
+    idx = torch.full((len(prompts), L), pad_id, dtype=torch.long, device=device)
+    for b, p in enumerate(prompts):
+        idx[b, L - len(p):] = torch.tensor(p, dtype=torch.long)
+    start = torch.tensor([L - len(p) for p in prompts], dtype=torch.long, device=device)
+    return idx, start
+
+
+def filtered_probs(logits, temperature, top_k, top_p):
+    """The distribution that sampling draws from: softmax(logits / temperature), cut to the top_k tokens and
+    to the nucleus of mass top_p (Holtzman et al. 2020), renormalised. logits (B, V) -> probs (B, V) fp32."""
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        sorted_probs = sorted_logits.softmax(-1)
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p  # keep a token if the mass before it is < top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    return logits.softmax(-1)
+
+
+def sample_next(logits, temperature, top_k, top_p, generator):
+    """logits (B, V) -> next ids (B,). temperature 0 is greedy; top_k 0 and top_p 1 turn those filters off."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    return torch.multinomial(filtered_probs(logits, temperature, top_k, top_p), 1, generator=generator)[:, 0]
+
+
+def accept_draft(p, q, draft, generator):
+    """Speculative sampling's rule: a draft ~ q is kept with probability min(1, p(draft) / q(draft)); a
+    rejected one is replaced by a sample of max(0, p - q), renormalised. The result is distributed as p.
+    p, q: (B, V) probabilities; draft: (B,) -> accepted (B,) bool, replacement (B,) ids."""
+    p_draft, q_draft = p.gather(1, draft[:, None])[:, 0], q.gather(1, draft[:, None])[:, 0]
+    u = torch.rand(p.size(0), device=p.device, generator=generator)
+    accepted = u * q_draft < p_draft
+    residual = (p - q).clamp(min=0)
+    total = residual.sum(-1, keepdim=True)
+    residual = torch.where(total > 0, residual / total.clamp(min=1e-30), p)  # p == q: any sample of p will do
+    return accepted, torch.multinomial(residual, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, n=1, temperature=1.0, top_k=0, top_p=1.0, stop_ids=(), pad_id=0,
+             seed=None, use_cache=True, speculative=False):
+    """Sample n continuations of each prompt (lists of token ids). -> Generation with len(prompts) * n rows."""
+    if speculative:
+        if not model.cfg.mtp_depth:
+            raise ValueError("speculative decoding needs a model with mtp_depth >= 1")
+        return _generate_speculative(model, prompts, max_new_tokens, n, temperature, top_k, top_p, stop_ids,
+                                     pad_id, seed)
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    idx, start = left_pad(prompts, pad_id, device)
+    B, L = idx.shape
+    if L + max_new_tokens > model.cfg.max_seq_len:
+        raise ValueError(f"prompt length {L} + max_new_tokens {max_new_tokens} exceeds the model's "
+                         f"max_seq_len={model.cfg.max_seq_len}")
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+    stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
+
+    logits = cache = None
+    if use_cache:  # prefill each prompt once, then fan the cache out to its n samples
+        cache = KVCache(model.cfg, B, L + max_new_tokens, device, dtype, start=start)
+        logits = model(idx, cache=cache, last_only=True).logits[:, -1].repeat_interleave(n, 0)
+        cache.fan_out(n)
+    seq, seq_start = idx.repeat_interleave(n, 0), start.repeat_interleave(n)
+    rows = B * n
+    out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    n_steps = 0
+    for t in range(max_new_tokens):
+        if not use_cache:  # the slow path the tests compare against: recompute everything
+            logits = model(seq, start=seq_start, last_only=True).logits[:, -1]
+        next_ids = sample_next(logits, temperature, top_k, top_p, generator)
+        next_ids = torch.where(finished, torch.full_like(next_ids, pad_id), next_ids)
+        out[:, t] = next_ids
+        n_steps = t + 1
+        finished |= torch.isin(next_ids, stop) & ~finished
+        if bool(finished.all()):
+            break
+        if use_cache:
+            logits = model(next_ids[:, None], cache=cache).logits[:, -1]
+        else:
+            seq = torch.cat([seq, next_ids[:, None]], 1)
+    model.train(was_training)
+    tokens, stops = [], set(stop_ids)
+    for r in range(rows):
+        row = out[r, :n_steps].tolist()
+        hits = [i for i, tok in enumerate(row) if tok in stops]
+        tokens.append(row[:hits[0] + 1] if hits else row)
+    return Generation(tokens, finished.tolist())
+
+
+@torch.no_grad()
+def _generate_speculative(model, prompts, max_new_tokens, n, temperature, top_k, top_p, stop_ids, pad_id, seed):
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    idx, start = left_pad(prompts, pad_id, device)
+    B, L = idx.shape
+    if L + max_new_tokens > model.cfg.max_seq_len:
+        raise ValueError(f"prompt length {L} + max_new_tokens {max_new_tokens} exceeds the model's "
+                         f"max_seq_len={model.cfg.max_seq_len}")
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    greedy = temperature == 0
+    probs = lambda logits: filtered_probs(logits, temperature, top_k, top_p)  # noqa: E731
+
+    # Prefill: main model over the prompt; the MTP layer over every prompt slot whose next token is known.
+    cache = KVCache(model.cfg, B, L + 2 * max_new_tokens + 2, device, dtype, start=start)
+    out = model(idx, cache=cache)
+    if L > 1:
+        model.mtp_draft(out.hidden[:, :-1], idx[:, 1:], out.positions[:, :-1], cache, slot=0)
+    cache.fan_out(n)
+    rows = B * n
+    hidden_last = out.hidden[:, -1:].repeat_interleave(n, 0)
+    pos_last = out.positions[:, -1:].repeat_interleave(n, 0)
+    pending = sample_next(out.logits[:, -1].repeat_interleave(n, 0), temperature, top_k, top_p, generator)
+    draft_logits = model.mtp_draft(hidden_last, pending[:, None], pos_last, cache, slot=L - 1)[:, -1]
+
+    stops = set(stop_ids)
+    emitted, done = [[] for _ in range(rows)], [False] * rows
+    drafted = accepted_total = 0
+    while not all(done):
+        # 1. draft the token after `pending`; 2. verify both with one forward of the main model
+        if greedy:
+            draft = draft_logits.argmax(-1)
+        else:
+            q = probs(draft_logits)
+            draft = torch.multinomial(q, 1, generator=generator)[:, 0]
+        slot = cache.length
+        out = model(torch.stack([pending, draft], 1), cache=cache)  # slots: pending, draft
+        if greedy:
+            truth = out.logits[:, 0].argmax(-1)
+            accepted, replacement = truth == draft, truth
+        else:
+            accepted, replacement = accept_draft(probs(out.logits[:, 0]), q, draft, generator)
+        after_draft = sample_next(out.logits[:, 1], temperature, top_k, top_p, generator)
+
+        acc, pend, drf = accepted.tolist(), pending.tolist(), draft.tolist()
+        for r in range(rows):
+            if done[r]:
+                continue
+            drafted += 1
+            accepted_total += acc[r]
+            for tok in [pend[r]] + ([drf[r]] if acc[r] else []):
+                emitted[r].append(tok)
+                if tok in stops or len(emitted[r]) >= max_new_tokens:
+                    done[r] = True
+                    break
+        # 3. rows that rejected the draft forget its slot; the next pending token and the next draft
+        cache.reject(~accepted, slot + 1)
+        pending = torch.where(accepted, after_draft, replacement)
+        mtp_next = torch.stack([torch.where(accepted, draft, replacement), after_draft], 1)
+        mtp_logits = model.mtp_draft(out.hidden, mtp_next, out.positions, cache, slot=slot)  # (rows, 2, V)
+        draft_logits = torch.where(accepted[:, None], mtp_logits[:, 1], mtp_logits[:, 0])
+    model.train(was_training)
+    finished = [bool(e) and e[-1] in stops for e in emitted]
+    return Generation(emitted, finished, accepted_total / max(drafted, 1))

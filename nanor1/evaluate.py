@@ -1,0 +1,60 @@
+"""Evaluation: sample completions for task problems and score them.
+
+pass@k uses the unbiased estimator of Chen et al. 2021 (Codex, eq. 1): 1 - C(n-c, k) / C(n, k) for n samples
+of which c are correct. Majority vote (self-consistency, Wang et al. 2022) takes the most common parsed
+answer among the n samples (ties: the first seen) and scores it.
+"""
+import collections
+import math
+
+from tqdm import tqdm
+
+from nanor1.engine import generate
+
+
+def pass_at_k(n, c, k):
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def complete(model, tok, task, problems, n=1, temperature=0.0, max_new_tokens=128, batch_size=32, seed=0,
+             top_k=0, top_p=1.0, speculative=False, progress=False):
+    """-> list (one per problem) of lists of n dicts {text, ids, score, finished}."""
+    results = []
+    per_batch = max(1, batch_size // n)
+    batches = range(0, len(problems), per_batch)
+    for i in tqdm(batches, desc=f"sampling {task.name}", disable=not progress):
+        chunk = problems[i:i + per_batch]
+        prompts = [tok.render_prompt(task.prompt(p)) for p in chunk]
+        gen = generate(model, prompts, max_new_tokens, n=n, temperature=temperature, top_k=top_k, top_p=top_p,
+                       stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed + i, speculative=speculative)
+        for j, problem in enumerate(chunk):
+            samples = []
+            for r in range(j * n, (j + 1) * n):
+                text = tok.decode_response(gen.tokens[r])
+                samples.append({"text": text, "ids": gen.tokens[r], "score": task.score(problem, text),
+                                "finished": gen.finished[r]})
+            results.append(samples)
+    return results
+
+
+def summarize(results, ks=(1,)):
+    """pass@k for each k <= n, majority-vote accuracy, mean response length (tokens), truncation rate."""
+    n = len(results[0])
+    out = {}
+    for k in ks:
+        if k <= n:
+            out[f"pass@{k}"] = sum(pass_at_k(n, sum(s["score"].correct for s in r), k) for r in results) / len(results)
+    majority = 0
+    for samples in results:
+        answers = [s["score"].answer for s in samples if s["score"].answer is not None]
+        if answers:
+            top = collections.Counter(answers).most_common(1)[0][0]
+            majority += next(s for s in samples if s["score"].answer == top)["score"].correct
+    out["majority"] = majority / len(results)
+    flat = [s for r in results for s in r]
+    out["mean_length"] = sum(len(s["ids"]) for s in flat) / len(flat)
+    out["truncated"] = sum(not s["finished"] for s in flat) / len(flat)
+    out["format"] = sum(s["score"].answer is not None for s in flat) / len(flat)
+    return out

@@ -1,0 +1,338 @@
+"""Supervised fine-tuning (or pre-training from scratch) on task SFT targets: the loop behind train_sft.py.
+
+    batch (length-bucketed, loss only on response tokens) -> model -> main CE + MTP + balance loss
+    -> AdamW (warmup, cosine) with clipping and accumulation -> MoE bias update -> log / eval / checkpoint
+
+The batch of step s depends only on (seed, s), so a resumed run sees exactly the batches an uninterrupted
+one would. Multi-GPU: launch with torchrun; each rank takes its slice of every batch (DDP).
+"""
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from nanor1 import checkpoint
+from nanor1.config import config_from_dict, config_to_dict
+from nanor1.evaluate import complete, summarize
+from nanor1.model import GPT, ModelConfig
+from nanor1.plotting import plot_metrics
+from nanor1.tasks import ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards, get_tokenizer, make_task
+from nanor1.tokenizer import Tokenizer
+
+
+@dataclasses.dataclass
+class SFTConfig:
+    out_dir: str = "out/sft"
+    init_from: str = ""  # a checkpoint (file or out dir) to start from; "" = random initialisation
+    resume: bool = False  # continue out_dir/ckpt.pt where it stopped (model, optimizer, step, RNG)
+    seed: int = 0
+    device: str = "auto"  # 'auto' = cuda if available
+    compile: bool = False  # torch.compile the model
+    # data: a weighted mix of tasks, or a JSONL file of {"prompt", "response"} lines (rejection sampling)
+    tasks: dict[str, float] = dataclasses.field(default_factory=lambda: {"arithmetic": 1.0})
+    data_file: str = ""
+    n_examples: int = 20000  # size of the pool of SFT examples drawn from the tasks
+    max_len: int = 256  # longer examples are dropped (counted in the log)
+    vocab_size: int = 1024
+    tokenizer_dir: str = ""  # "" = out_dir/tokenizer (trained on the tasks' text when missing)
+    arithmetic: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
+    countdown: CountdownConfig = dataclasses.field(default_factory=CountdownConfig)
+    gsm8k: GSM8KConfig = dataclasses.field(default_factory=GSM8KConfig)
+    rewards: Rewards = dataclasses.field(default_factory=Rewards)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    # optimisation
+    batch_size: int = 32  # sequences per optimizer step (all ranks, all micro-steps together)
+    grad_accum: int = 1
+    max_steps: int = 1000
+    lr: float = 3e-3
+    min_lr_frac: float = 0.1
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    # logging, evaluation, checkpoints
+    log_every: int = 10
+    eval_every: int = 250  # 0 = only at the end
+    eval_problems: int = 100  # held-out problems per task
+    eval_max_new_tokens: int = 64
+    eval_batch_size: int = 64
+    save_every: int = 250
+    progress: bool = True  # tqdm bar
+
+
+def task_configs(cfg):
+    return {"arithmetic": cfg.arithmetic, "countdown": cfg.countdown, "gsm8k": cfg.gsm8k}
+
+
+def make_tasks(cfg, names):
+    return [make_task(name, task_configs(cfg)[name], cfg.rewards) for name in names]
+
+
+def read_jsonl_pairs(path):
+    """A JSONL file of {"prompt": str, "response": str} -> list of (prompt, response); errors name file:line."""
+    pairs = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
+                    or not isinstance(row.get("response"), str):
+                raise ValueError(f"{path}:{lineno}: expected string fields 'prompt' and 'response'")
+            pairs.append((row["prompt"], row["response"]))
+    return pairs
+
+
+def build_examples(cfg, tok):
+    """-> list of (ids, mask) and the number dropped for length."""
+    if cfg.data_file:
+        pairs = read_jsonl_pairs(cfg.data_file)
+    else:
+        total = sum(cfg.tasks.values())
+        rng = random.Random(cfg.seed)
+        pairs = []
+        for task in make_tasks(cfg, cfg.tasks):
+            n = round(cfg.n_examples * cfg.tasks[task.name] / total)
+            pairs += [(task.prompt(p), task.sft_target(p, rng)) for p in task.problems("train", n, cfg.seed)]
+    examples, dropped = [], 0
+    for prompt, response in pairs:
+        ids, mask = tok.render(prompt, response)
+        if len(ids) > cfg.max_len + 1:
+            dropped += 1
+            continue
+        examples.append((ids, mask))
+    if not examples:
+        raise ValueError(f"no SFT example fits max_len={cfg.max_len} ({dropped} dropped)")
+    return examples, dropped
+
+
+def batch_indices(lengths, batch_size, seed, step):
+    """The examples of optimizer step `step`: an epoch is a seeded shuffle, cut into chunks of 32 batches,
+    each chunk sorted by length (length bucketing: little padding), its batches in shuffled order."""
+    n_batches = max(1, len(lengths) // batch_size)
+    epoch, k = divmod(step, n_batches)
+    rng = random.Random(f"{seed}-{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    order = order[:n_batches * batch_size] if len(order) >= batch_size else order
+    chunk = 32 * batch_size
+    batches = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c:c + chunk], key=lambda i: lengths[i])
+        batches += [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches[k]
+
+
+def collate(examples, pad_id, device):
+    """(ids, mask) pairs -> inputs (B, T), targets (B, T) with -100 where there is no loss (prompt, padding)."""
+    T = max(len(ids) for ids, _ in examples) - 1
+    inputs = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    targets = torch.full((len(examples), T), -100, dtype=torch.long)
+    for b, (ids, mask) in enumerate(examples):
+        ids_t, mask_t = torch.tensor(ids), torch.tensor(mask, dtype=torch.bool)
+        inputs[b, :len(ids) - 1] = ids_t[:-1]
+        targets[b, :len(ids) - 1] = torch.where(mask_t[1:], ids_t[1:], -100)
+    return inputs.to(device), targets.to(device)
+
+
+def lr_at(cfg, step):
+    """Linear warmup, then cosine decay to min_lr_frac * lr (Loshchilov & Hutter 2017)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model, cfg, device):
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]  # norms
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+def setup_distributed(cfg):
+    """torchrun sets RANK/WORLD_SIZE: -> (rank, world, device)."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    if want_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device(cfg.device if cfg.device not in ("auto",) else "cpu")
+    return rank, world, device
+
+
+def sync_moe_load(model, world):
+    """Sum each MoE layer's token counts over ranks, so every replica moves its biases the same way."""
+    if world > 1:
+        for moe in model.moe_layers():
+            dist.all_reduce(moe.load)
+
+
+def check_replicas(model, world):
+    """DDP must keep every replica identical (parameters and MoE biases): compare per-tensor checksums."""
+    if world == 1:
+        return
+    sums = torch.stack([t.detach().double().sum() for t in list(model.parameters()) + list(model.buffers())])
+    gathered = [torch.zeros_like(sums) for _ in range(world)]
+    dist.all_gather(gathered, sums)
+    if not all(torch.equal(gathered[0], g) for g in gathered[1:]):
+        raise RuntimeError("DDP replicas diverged (parameters or MoE biases differ between ranks)")
+
+
+def evaluate_tasks(model, tok, tasks, cfg, seed=1234):
+    """Greedy held-out accuracy per task -> {"eval/<task>/acc": ..., "eval/<task>/len": ...}."""
+    out = {}
+    for task in tasks:
+        problems = task.problems("test", cfg.eval_problems, seed)
+        summary = summarize(complete(model, tok, task, problems, n=1, temperature=0.0,
+                                     max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size))
+        out[f"eval/{task.name}/acc"] = summary["pass@1"]
+        out[f"eval/{task.name}/len"] = summary["mean_length"]
+    return out
+
+
+def save_checkpoint(cfg, model, optimizer, step, tok, path=None):
+    checkpoint.save(path or os.path.join(cfg.out_dir, "ckpt.pt"), model=model.state_dict(),
+                    optimizer=optimizer.state_dict(), step=step, rng=checkpoint.rng_state(),
+                    config=config_to_dict(cfg), model_config=config_to_dict(model.cfg),
+                    tokenizer=checkpoint.tokenizer_to_dict(tok), kind="sft")
+
+
+def train(cfg, on_step=None):
+    """Run SFT as configured; returns the (unwrapped) model. on_step(step, metrics) is called after each step."""
+    rank, world, device = setup_distributed(cfg)
+    master = rank == 0
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    resume_ckpt = checkpoint.load(os.path.join(cfg.out_dir, "ckpt.pt")) if cfg.resume else None
+    init_ckpt = checkpoint.load(cfg.init_from) if cfg.init_from and not cfg.resume else None
+    source = resume_ckpt or init_ckpt
+    if source is not None:
+        tok = checkpoint.tokenizer_from_dict(source["tokenizer"])
+        model_cfg = config_from_dict(ModelConfig, source["model_config"])
+        for key in ("attn_impl", "loss_impl", "moe_impl"):  # how to run it may change, what it is may not
+            setattr(model_cfg, key, getattr(cfg.model, key))
+    else:
+        tok_dir = cfg.tokenizer_dir or os.path.join(cfg.out_dir, "tokenizer")
+        if master:  # trained on the tasks' own text the first time, then read from tok_dir
+            tok = get_tokenizer(tok_dir, make_tasks(cfg, cfg.tasks), cfg.vocab_size)
+        if world > 1:
+            dist.barrier()
+        if not master:
+            tok = Tokenizer.load(tok_dir)
+        model_cfg = dataclasses.replace(cfg.model, vocab_size=tok.n_vocab,
+                                        max_seq_len=max(cfg.model.max_seq_len, cfg.max_len + 1))
+    model = GPT(model_cfg).to(device)
+    if source is not None:
+        model.load_state_dict(source["model"])
+    optimizer = make_optimizer(model, cfg, device)
+    step = 0
+    if resume_ckpt is not None:
+        optimizer.load_state_dict(resume_ckpt["optimizer"])
+        step = resume_ckpt["step"]
+        checkpoint.set_rng_state(resume_ckpt["rng"])
+
+    examples, dropped = build_examples(cfg, tok)
+    lengths = [len(ids) for ids, _ in examples]
+    eval_tasks = make_tasks(cfg, [t for t, w in cfg.tasks.items() if w > 0])  # held-out accuracy on these
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ValueError(f"batch_size={cfg.batch_size} must be divisible by world size {world} x "
+                         f"grad_accum {cfg.grad_accum}")
+    micro = cfg.batch_size // (world * cfg.grad_accum)
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if master and step == 0:
+        open(metrics_path, "w").close()
+        log = {"step": 0, "examples": len(examples), "dropped_too_long": dropped, "vocab": tok.n_vocab,
+               "params": sum(p.numel() for p in model.parameters()), "world": world}
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(log) + "\n")
+
+    bar = tqdm(total=cfg.max_steps, initial=step, disable=not (master and cfg.progress), desc="sft")
+    losses_for_log, t_last, tokens_since = [], time.time(), 0
+    try:
+        while step < cfg.max_steps:
+            model.train()
+            lr = lr_at(cfg, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = batch_indices(lengths, cfg.batch_size, cfg.seed, step)
+            totals = {"loss": 0.0, "main": 0.0, "mtp": 0.0, "aux": 0.0}
+            for a in range(cfg.grad_accum):
+                begin = (a * world + rank) * micro
+                inputs, targets = collate([examples[i] for i in batch[begin:begin + micro]], tok.pad_id, device)
+                tokens_since += int((targets != -100).sum()) * world
+                sync = a == cfg.grad_accum - 1 or world == 1
+                ctx = train_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+                with ctx, autocast:
+                    out = train_model(inputs, targets=targets)
+                    (out.loss / cfg.grad_accum).backward()
+                for key in ("main", "mtp", "aux"):
+                    totals[key] += out.losses[key].item() / cfg.grad_accum
+                totals["loss"] += out.loss.item() / cfg.grad_accum
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync_moe_load(model, world)
+            loads = torch.stack([m.load for m in model.moe_layers()]) if model.moe_layers() else None
+            imbalance = (loads.max(1).values / loads.mean(1).clamp(min=1)).mean().item() if loads is not None else 0.0
+            model.update_moe_biases()
+            step += 1
+            metrics = {"step": step, **totals, "lr": lr, "grad_norm": grad_norm, "moe_max_over_mean": imbalance}
+            losses_for_log.append(totals["loss"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{totals['loss']:.3f}")
+            if master and (step % cfg.log_every == 0 or step == cfg.max_steps):
+                now = time.time()
+                metrics["tokens_per_s"] = tokens_since / (now - t_last)
+                t_last, tokens_since = now, 0
+                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
+                    metrics.update(evaluate_tasks(model, tok, eval_tasks, cfg))
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+            if step % cfg.save_every == 0 or step == cfg.max_steps:
+                check_replicas(model, world)
+                if master:
+                    save_checkpoint(cfg, model, optimizer, step, tok)
+            if on_step is not None:
+                on_step(step, metrics)
+    except KeyboardInterrupt:
+        if master:  # Ctrl-C loses nothing: the last finished step is saved, --resume=true continues it
+            save_checkpoint(cfg, model, optimizer, step, tok)
+            bar.write(f"interrupted: saved step {step} to {cfg.out_dir}/ckpt.pt")
+        raise
+    finally:
+        bar.close()
+    if master:
+        plot_metrics(metrics_path, os.path.join(cfg.out_dir, "sft.png"),
+                     ["loss", "main", "mtp", "aux", "lr", "grad_norm", "moe_max_over_mean", "tokens_per_s"]
+                     + [k for k in _eval_keys(eval_tasks)], title=f"SFT {cfg.out_dir}")
+    return model
+
+
+def _eval_keys(tasks):
+    return [f"eval/{t.name}/{m}" for t in tasks for m in ("acc", "len")]
+

@@ -1,0 +1,124 @@
+import runpy
+
+import pytest
+import torch
+
+from nanor1.engine import accept_draft, generate, sample_next
+from nanor1.model import GPT, ModelConfig
+
+ROOT = __file__.rsplit("/tests/", 1)[0]
+PROMPTS = [[1, 2, 3, 4, 5, 6, 7], [9, 8], [4, 4, 4, 100, 200]]  # ragged
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = ModelConfig(**runpy.run_path(f"{ROOT}/configs/model_test.py")["model"])
+    return GPT(cfg).eval()
+
+
+def test_greedy_with_cache_equals_recomputing_everything(model):
+    fast = generate(model, PROMPTS, 20, temperature=0, use_cache=True)
+    slow = generate(model, PROMPTS, 20, temperature=0, use_cache=False)
+    assert fast.tokens == slow.tokens and all(len(t) == 20 for t in fast.tokens)
+    assert fast.finished == [False, False, False]  # no stop ids: all cut at max_new_tokens
+
+
+def test_padding_does_not_change_a_rows_output(model):
+    together = generate(model, PROMPTS, 12, temperature=0).tokens
+    alone = [generate(model, [p], 12, temperature=0).tokens[0] for p in PROMPTS]
+    assert together == alone
+
+
+def test_rows_stop_on_their_own(model):
+    free = generate(model, PROMPTS, 16, temperature=0).tokens
+    stop = free[0][5]  # a token row 0 emits at step 5
+    out = generate(model, PROMPTS, 16, temperature=0, stop_ids=[stop])
+    for row, gen, done in zip(free, out.tokens, out.finished):
+        first = row.index(stop) if stop in row else None
+        if first is None:
+            assert gen == row and not done
+        else:
+            assert gen == row[:first + 1] and done and gen[-1] == stop
+    assert len(out.tokens[0]) <= 6
+
+
+def test_fan_out_and_seeding(model):
+    greedy = generate(model, PROMPTS, 8, temperature=0).tokens
+    fanned = generate(model, PROMPTS, 8, n=3, temperature=0).tokens
+    assert fanned == [g for g in greedy for _ in range(3)]
+    a = generate(model, PROMPTS, 8, n=4, temperature=1.0, seed=7).tokens
+    b = generate(model, PROMPTS, 8, n=4, temperature=1.0, seed=7).tokens
+    c = generate(model, PROMPTS, 8, n=4, temperature=1.0, seed=8).tokens
+    assert a == b and a != c
+    assert len({tuple(t) for t in a[:4]}) > 1  # samples of one prompt differ
+    # sampling from the fanned-out cache == sampling with full recomputation, same seed
+    assert a == generate(model, PROMPTS, 8, n=4, temperature=1.0, seed=7, use_cache=False).tokens
+
+
+def test_filters():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 50)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(sample_next(logits, 1.0, 1, 1.0, g), logits.argmax(-1))  # top-1 is greedy
+    assert torch.equal(sample_next(logits, 1.0, 0, 1e-6, g), logits.argmax(-1))  # tiny nucleus is greedy
+    top5 = logits.topk(5, -1).indices
+    for _ in range(20):
+        picks = sample_next(logits, 1.0, 5, 1.0, g)
+        assert (top5 == picks[:, None]).any(-1).all()
+
+
+def test_too_long_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="exceeds the model's max_seq_len=256"):
+        generate(model, [[1] * 250], 10)
+
+
+def test_speculative_greedy_equals_plain_greedy(model):
+    plain = generate(model, PROMPTS, 24, temperature=0)
+    spec = generate(model, PROMPTS, 24, temperature=0, speculative=True)
+    assert spec.tokens == plain.tokens and 0.0 <= spec.acceptance <= 1.0
+    fanned = generate(model, PROMPTS, 10, n=2, temperature=0, speculative=True)
+    assert fanned.tokens == [t[:10] for t in plain.tokens for _ in range(2)]
+    free = plain.tokens
+    stop = free[1][4]
+    a = generate(model, PROMPTS, 24, temperature=0, stop_ids=[stop])
+    b = generate(model, PROMPTS, 24, temperature=0, stop_ids=[stop], speculative=True)
+    assert a.tokens == b.tokens and a.finished == b.finished
+
+
+def test_speculative_with_an_always_right_drafter_emits_two_tokens_per_forward(model):
+    import copy
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        m.head.weight.zero_()  # every logit 0: greedy picks id 0 after anything, so every draft is right
+    calls = []
+    m.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    out = generate(m, PROMPTS, 12, temperature=0, speculative=True)
+    assert out.tokens == [[0] * 12] * 3 and out.acceptance == 1.0
+    assert len(calls) == 1 + 6  # prefill, then 6 forwards of the main model for 12 tokens
+
+
+def test_acceptance_rule_keeps_the_target_distribution():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).repeat(200_000, 1)
+    q = torch.tensor([[0.1, 0.2, 0.3, 0.4]]).repeat(200_000, 1)
+    draft = torch.multinomial(q, 1, generator=g)[:, 0]
+    accepted, replacement = accept_draft(p, q, draft, g)
+    final = torch.where(accepted, draft, replacement)
+    freq = torch.bincount(final, minlength=4).float() / final.numel()
+    assert torch.allclose(freq, p[0], atol=0.005)
+    expected_acceptance = torch.minimum(p[0], q[0]).sum()  # sum_x min(p, q)
+    assert abs(accepted.float().mean() - expected_acceptance) < 0.005
+
+
+def test_speculative_sampling_matches_plain_sampling_in_distribution(model):
+    """First two sampled tokens of one prompt, many samples: same marginals with and without speculation."""
+    prompt = [[3, 1, 4, 1, 5]]
+    kw = dict(temperature=1.0, top_k=4)
+    plain = generate(model, prompt, 2, n=3000, seed=1, **kw).tokens
+    spec = generate(model, prompt, 2, n=3000, seed=2, speculative=True, **kw)
+    for pos in (0, 1):
+        a = torch.bincount(torch.tensor([t[pos] for t in plain]), minlength=512).float() / 3000
+        b = torch.bincount(torch.tensor([t[pos] for t in spec.tokens]), minlength=512).float() / 3000
+        assert (a - b).abs().max() < 0.05, pos

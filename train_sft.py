@@ -1,0 +1,20 @@
+"""Supervised fine-tuning from scratch (or from a checkpoint) on the tasks' SFT targets or a JSONL file.
+
+    python train_sft.py configs/sft_arithmetic_laptop.py [--key=value ...]
+    python train_sft.py configs/sft_arithmetic_laptop.py --resume=true        # continue an interrupted run
+    torchrun --nproc_per_node=2 train_sft.py CONFIG.py                       # several GPUs (DDP)
+
+Writes out_dir/ckpt.pt, out_dir/metrics.jsonl, out_dir/sft.png and out_dir/tokenizer/.
+The loop itself is nanor1/sft.py.
+"""
+import sys
+
+from nanor1.config import ConfigError, load_config
+from nanor1.sft import SFTConfig, train
+
+if __name__ == "__main__":
+    try:
+        cfg = load_config(SFTConfig, sys.argv[1:])
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    train(cfg)
