@@ -17,7 +17,6 @@ import torch
 from nanor1 import checkpoint
 from nanor1.engine import generate
 from nanor1.evaluate import complete, summarize
-from nanor1.tasks import make_task
 from nanor1.tasks.gsm8k import final_answer
 
 

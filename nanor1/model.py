@@ -422,10 +422,10 @@ class GPT(nn.Module):
             raise ValueError(f"position {int(positions.max())} exceeds max_seq_len={self.cfg.max_seq_len}")
         return self.rope_cos[positions], self.rope_sin[positions]  # (B, T, dr/2) each
 
-    def forward(self, idx, targets=None, start=None, cache=None, last_only=False):
+    def forward(self, idx, targets=None, start=None, cache=None, last_only=False, with_mtp=True):
         """idx: (B, T) token ids. targets: (B, T), -100 where no loss (computes the losses, no logits).
         start: (B,) first real position of each left-padded row. cache: a KVCache (absorbed decoding);
-        its length is advanced by T."""
+        its length is advanced by T. with_mtp=False skips the MTP losses (GRPO needs only the main head)."""
         cfg, (B, T) = self.cfg, idx.shape
         slot = 0
         if cache is not None:
@@ -456,7 +456,7 @@ class GPT(nn.Module):
             # MTP (V3 eqs. 21-25): depth k pairs h^{k-1}_i with Emb(t_{i+k}) and predicts t_{i+k+1}.
             mtp_sum = x.new_zeros((), dtype=torch.float32)
             h = x
-            for k, module in enumerate(self.mtp, start=1):
+            for k, module in enumerate(self.mtp if with_mtp else [], start=1):
                 if T - k <= 0:
                     break
                 h, load, block_aux = module(h[:, :T - k], self.embed(idx[:, k:]), cos[:, :T - k], sin[:, :T - k],

@@ -20,8 +20,10 @@ def test_arithmetic_targets_are_right_and_steps_spell_the_work():
         assert task.score(p, target).correct
         assert p["answer"] == {"+": operator.add, "-": operator.sub, "*": operator.mul}[p["op"]](p["a"], p["b"])
     assert Arithmetic(ArithmeticConfig(step_frac=1.0)).steps({"a": 47, "b": 85, "op": "+"}) == \
-        "7+5=12 write 2 carry 1, 4+8+1=13 write 3 carry 1, write 1"
-    assert task.steps({"a": 52, "b": 17, "op": "-"}) == "12-7=5 borrow 1, 5-2=3"
+        "7+5=12 carry 1 so 2, 4+8+1=13 carry 1 so 32, so 132"
+    assert task.steps({"a": 52, "b": 17, "op": "-"}) == "12-7=5 borrow 1 so 5, 5-2=3 so 35"
+    assert task.steps({"a": 52, "b": 49, "op": "-"}) == "12-9=3 borrow 1 so 3, 5-5=0 so 03, so 3"
+    assert task.steps({"a": 3, "b": 8, "op": "-"}) == "3<8 so -(8-3): 8-3=5 so 5"
     assert task.steps({"a": 47, "b": 85, "op": "*"}) == "47*5=235, 47*80=3760, 235+3760=3995"
     direct = Arithmetic(ArithmeticConfig(step_frac=0.0))
     assert direct.sft_target({"a": 1, "b": 2, "op": "+", "answer": 3}, rng) == "<think></think><answer>3</answer>"

@@ -15,7 +15,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from nanor1.model import GPT, KVCache, ModelConfig, MoE, num_params
+from nanor1.model import GPT, KVCache, ModelConfig, num_params
 
 
 def masked_moe_forward(self, x):

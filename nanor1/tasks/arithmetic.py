@@ -2,8 +2,11 @@
 
 SFT targets come in two styles (the mix is the knob `step_frac`):
   direct:        <think></think><answer>132</answer>
-  step-by-step:  <think>7+5=12 write 2 carry 1, 4+8+1=13 write 3 carry 1, write 1</think><answer>132</answer>
-Subtraction writes borrows; multiplication writes one partial product per digit of b, then their sum.
+  step-by-step:  <think>7+5=12 carry 1 so 2, 4+8+1=13 carry 1 so 32, so 132</think><answer>132</answer>
+Digits are worked least significant first, and each step carries the running result ("so 32"), the new
+digit in front of what was written before: every step copies locally, and the answer is a copy of the last
+running result, never a read-back in reverse. Subtraction writes borrows the same way; multiplication
+writes one partial product per digit of b, then their sum.
 The split is by problem: a problem is in test iff a hash of it says so, so train and test never share one.
 """
 import dataclasses
@@ -81,29 +84,30 @@ def _digits(n):  # least significant first
 
 
 def _add_steps(a, b):
-    da, db, carry, parts = _digits(a), _digits(b), 0, []
+    da, db, carry, parts, written = _digits(a), _digits(b), 0, [], ""
     for i in range(max(len(da), len(db))):
         x, y = da[i] if i < len(da) else 0, db[i] if i < len(db) else 0
         s = x + y + carry
-        parts.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={s} write {s % 10}"
-                     + (" carry 1" if s >= 10 else ""))
+        written = str(s % 10) + written
+        parts.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={s}" + (" carry 1" if s >= 10 else "")
+                     + f" so {written}")
         carry = s // 10
     if carry:
-        parts.append("write 1")
+        parts.append(f"so 1{written}")
     return ", ".join(parts)
 
 
 def _sub_steps(a, b):  # a >= b >= 0
-    da, db, borrow, parts = _digits(a), _digits(b), 0, []
+    da, db, borrow, parts, written = _digits(a), _digits(b), 0, [], ""
     for i in range(len(da)):
         x, y = da[i], (db[i] if i < len(db) else 0)
         y_total = y + borrow
-        if x < y_total:
-            parts.append(f"{x + 10}-{y_total}={x + 10 - y_total} borrow 1")
-            borrow = 1
-        else:
-            parts.append(f"{x}-{y_total}={x - y_total}")
-            borrow = 0
+        borrow = int(x < y_total)
+        d = x + 10 * borrow - y_total
+        written = str(d) + written
+        parts.append(f"{x + 10 * borrow}-{y_total}={d}" + (" borrow 1" if borrow else "") + f" so {written}")
+    if written.lstrip("0") != written:
+        parts.append(f"so {written.lstrip('0') or '0'}")
     return ", ".join(parts)
 
 

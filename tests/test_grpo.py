@@ -1,0 +1,100 @@
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import train_grpo  # noqa: E402
+from nanor1 import checkpoint  # noqa: E402
+from nanor1.config import ConfigError, load_config  # noqa: E402
+from nanor1.tasks.verify import Rewards, score  # noqa: E402
+
+CONFIG = os.path.join(ROOT, "configs", "grpo_test.py")
+
+
+def config(tmp_path, *overrides):
+    return load_config(train_grpo.GRPOConfig, [CONFIG, f"--out_dir={tmp_path / 'grpo'}",
+                                               f"--sft.out_dir={tmp_path / 'sft'}", *overrides]).check()
+
+
+class SaySeven:
+    """A trivially learnable task: whatever the question, the right answer is 7."""
+    name = "say7"
+
+    def problems(self, split, n, seed):
+        return [{"id": i, "a": i % 10, "b": (3 * i) % 10, "op": "+"} for i in range(n)]
+
+    def prompt(self, problem):
+        return f"What is {problem['a']} + {problem['b']}?"
+
+    def score(self, problem, text):
+        return score(text, lambda answer: answer == "7", Rewards())
+
+
+def test_end_to_end_cold_start_then_grpo_then_resume(tmp_path):
+    cfg = config(tmp_path)
+    train_grpo.train(cfg)
+    assert checkpoint.load(tmp_path / "sft")["step"] == 30  # the cold start was trained first
+    rows = [json.loads(line) for line in open(tmp_path / "grpo" / "metrics.jsonl")]
+    assert rows[0]["step"] == 0 and "eval/arithmetic/acc" in rows[0]
+    keys = {"reward", "accuracy", "length", "length_min", "length_max", "truncated", "zero_variance_groups", "kl",
+            "entropy", "clip_frac", "grad_norm", "gen_tokens_per_s"}
+    assert keys <= set(rows[1]) and rows[-1]["step"] == 3 and "eval/arithmetic/acc" in rows[-1]
+    assert rows[1]["kl"] >= 0.0
+    # resume: 2 more steps from the checkpoint at step 3
+    train_grpo.train(config(tmp_path, "--resume=true", "--steps=5"))
+    assert checkpoint.load(tmp_path / "grpo")["step"] == 5
+
+
+def test_grpo_raises_the_reward_on_a_trivially_learnable_task(tmp_path):
+    cfg = config(tmp_path, "--sft.max_steps=60", "--lr=3e-3", "--prompts_per_step=8", "--group_size=8",
+                 "--beta=0.0", "--mu=1", "--loss_norm=token")
+    model, tok, _ = checkpoint.load_model(train_grpo.cold_start(cfg))
+    optimizer = train_grpo.make_optimizer(model, cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    rewards = []
+    for step in range(25):
+        metrics = train_grpo.grpo_step(cfg, model, None, optimizer, tok, SaySeven(), step, torch.device("cpu"))
+        rewards.append(metrics["accuracy"])
+    before, after = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert after > before + 0.3, rewards
+
+
+def test_build_batch_puts_the_loss_on_the_response_only():
+    inputs, targets, mask = train_grpo.build_batch([[1, 2, 3], [4]], [[7, 8], [9, 10, 11]], 0, "cpu")
+    assert inputs.tolist() == [[1, 2, 3, 7], [4, 9, 10, 0]]
+    assert targets.tolist() == [[-100, -100, 7, 8], [9, 10, 11, -100]]
+    assert mask.sum().item() == 5
+
+
+def test_bad_grpo_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="loss_norm"):
+        config(tmp_path, "--loss_norm=mean")
+    with pytest.raises(ConfigError, match="group_size"):
+        config(tmp_path, "--group_size=1")
+
+
+@pytest.mark.parametrize("name", ["countdown", "countdown_laptop", "arithmetic", "gsm8k", "grpo_test"])
+def test_every_grpo_config_loads(name):
+    cfg = load_config(train_grpo.GRPOConfig, [os.path.join(ROOT, "configs", f"{name}.py")]).check()
+    assert cfg.sft.tasks.get(cfg.task, 0) > 0  # the cold start is trained on the task GRPO optimises
+
+
+def test_gsm8k_config_runs_end_to_end_at_tiny_size(tmp_path, gsm8k_path):
+    tiny = ["--sft.model.dim=32", "--sft.model.n_layers=2", "--sft.model.n_heads=2", "--sft.model.kv_lora_rank=16",
+            "--sft.model.qk_nope_head_dim=8", "--sft.model.qk_rope_head_dim=8", "--sft.model.v_head_dim=8",
+            "--sft.model.inter_dim=64", "--sft.model.n_routed_experts=4", "--sft.model.n_expert_groups=1",
+            "--sft.model.n_limited_groups=1", "--sft.model.n_activated_experts=2", "--sft.model.moe_inter_dim=16",
+            "--sft.vocab_size=400", "--sft.n_examples=200", "--sft.max_steps=3", "--sft.batch_size=8",
+            "--sft.eval_problems=2", "--sft.eval_max_new_tokens=8", "--sft.progress=false"]
+    cfg = load_config(train_grpo.GRPOConfig, [
+        os.path.join(ROOT, "configs", "gsm8k.py"), f"--out_dir={tmp_path / 'grpo'}", f"--sft.out_dir={tmp_path / 'sft'}",
+        f"--gsm8k.path={gsm8k_path}", f"--sft.gsm8k.path={gsm8k_path}", *tiny, "--steps=1", "--prompts_per_step=2",
+        "--group_size=2", "--max_new_tokens=8", "--eval_problems=4", "--eval_max_new_tokens=8",
+        "--progress=false"]).check()
+    train_grpo.train(cfg)
+    rows = [json.loads(line) for line in open(tmp_path / "grpo" / "metrics.jsonl")]
+    assert "eval/gsm8k/acc" in rows[0] and "eval/gsm8k/acc" in rows[-1] and rows[-1]["step"] == 1

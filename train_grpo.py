@@ -1,0 +1,265 @@
+"""GRPO on a task's correctness reward, from an SFT cold start (the DeepSeek-R1 recipe at toy scale).
+
+    python train_grpo.py configs/countdown.py [--key=value ...]
+    python train_grpo.py configs/countdown.py --resume=true
+
+If the cold-start checkpoint is missing, the SFT stage configured under `sft` runs first (it trains the
+tokenizer too); each stage resumes from its own checkpoint in out/. Each GRPO step:
+  1. B prompts x G samples from the engine (one prefill per prompt, fanned out);
+  2. rewards from the task's rule-based verifier; group advantages (nanor1/grpo.py);
+  3. mu passes of the clipped policy loss over the batch (+ beta * KL to the frozen cold start);
+  4. metrics (reward, accuracy, response length, truncation, zero-variance groups, KL, entropy, clip
+     fraction, grad norm, tokens/s) to out_dir/metrics.jsonl and out_dir/grpo.png; held-out accuracy
+     every eval_every steps.
+"""
+import contextlib
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import torch
+from tqdm import tqdm
+
+from nanor1 import checkpoint
+from nanor1.config import ConfigError, config_to_dict, load_config
+from nanor1.engine import generate
+from nanor1.grpo import LOSS_NORMS, group_advantages, policy_loss
+from nanor1.plotting import plot_metrics
+from nanor1.sft import SFTConfig, evaluate_tasks, make_optimizer, make_tasks, train as train_sft
+from nanor1.tasks import ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards
+
+
+@dataclasses.dataclass
+class GRPOConfig:
+    out_dir: str = "out/grpo"
+    init_from: str = ""  # a checkpoint to start from; "" = sft.out_dir, trained there first if missing
+    sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)  # the cold start
+    resume: bool = False
+    seed: int = 0
+    device: str = "auto"
+    task: str = "countdown"
+    arithmetic: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
+    countdown: CountdownConfig = dataclasses.field(default_factory=CountdownConfig)
+    gsm8k: GSM8KConfig = dataclasses.field(default_factory=GSM8KConfig)
+    rewards: Rewards = dataclasses.field(default_factory=Rewards)
+    # sampling
+    steps: int = 200
+    prompts_per_step: int = 16  # B
+    group_size: int = 8  # G
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    # objective
+    mu: int = 1  # policy updates per batch (GRPO's inner iterations)
+    eps_low: float = 0.2
+    eps_high: float = 0.28  # clip-higher (DAPO); set equal to eps_low for the original GRPO
+    beta: float = 0.0  # KL weight; 0 needs no reference model
+    kl_estimator: str = "k3"
+    loss_norm: str = "token"  # 'sequence' (GRPO), 'token' (DAPO), 'constant' (Dr. GRPO)
+    scale_adv_by_std: bool = True  # False: Dr. GRPO's mean-only advantage
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal
+    mask_truncated: bool = True  # responses cut at max_new_tokens get no loss
+    # optimisation
+    lr: float = 1e-4
+    warmup_steps: int = 5
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    micro_batch: int = 64  # sequences per forward in the update
+    # logging
+    log_every: int = 1
+    eval_every: int = 20
+    eval_problems: int = 200
+    eval_max_new_tokens: int = 256
+    eval_batch_size: int = 64
+    save_every: int = 50
+    progress: bool = True
+
+    def check(self):
+        if self.loss_norm not in LOSS_NORMS:
+            raise ConfigError(f"config key 'loss_norm' must be one of {list(LOSS_NORMS)}, got {self.loss_norm!r}")
+        if self.kl_estimator not in ("k1", "k2", "k3"):
+            raise ConfigError(f"config key 'kl_estimator' must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
+        if self.task not in ("arithmetic", "countdown", "gsm8k"):
+            raise ConfigError(f"config key 'task' must be arithmetic, countdown or gsm8k, got {self.task!r}")
+        if self.group_size < 2:
+            raise ConfigError("config key 'group_size' must be at least 2 (advantages are relative to the group)")
+        return self
+
+
+def cold_start(cfg):
+    """The SFT checkpoint GRPO starts from: init_from, or sft.out_dir (trained or finished there if needed)."""
+    if cfg.init_from:
+        return cfg.init_from
+    path = os.path.join(cfg.sft.out_dir, "ckpt.pt")
+    done = os.path.exists(path) and checkpoint.load(path)["step"] >= cfg.sft.max_steps
+    if not done:
+        print(f"cold start: SFT into {cfg.sft.out_dir} ({'resuming' if os.path.exists(path) else 'from scratch'})")
+        train_sft(dataclasses.replace(cfg.sft, resume=os.path.exists(path)))
+    return path
+
+
+def token_logprobs(model, inputs, targets, micro_batch):
+    """log pi(target token) for every position, no gradient: (N, T), 0 where target is -100."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, inputs.size(0), micro_batch):
+            out.append(-model(inputs[i:i + micro_batch], targets=targets[i:i + micro_batch],
+                              with_mtp=False).token_loss)
+    return torch.cat(out)
+
+
+def build_batch(prompts, responses, pad_id, device):
+    """Right-padded [prompt + response] rows -> inputs, targets (-100 off the response), response mask."""
+    rows = [p + r for p, r in zip(prompts, responses)]
+    T = max(len(r) for r in rows) - 1
+    inputs = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    targets = torch.full((len(rows), T), -100, dtype=torch.long)
+    for i, (p, row) in enumerate(zip(prompts, rows)):
+        inputs[i, :len(row) - 1] = torch.tensor(row[:-1])
+        targets[i, len(p) - 1:len(row) - 1] = torch.tensor(row[len(p):])
+    return inputs.to(device), targets.to(device), (targets != -100).to(device)
+
+
+def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
+    """One GRPO step: sample, score, update. -> metrics dict."""
+    B, G = cfg.prompts_per_step, cfg.group_size
+    problems = task.problems("train", B, seed=cfg.seed * 1_000_003 + step)
+    prompts = [tok.render_prompt(task.prompt(p)) for p in problems]
+    t0 = time.time()
+    gen = generate(model, prompts, cfg.max_new_tokens, n=G, temperature=cfg.temperature, top_k=cfg.top_k,
+                   top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=cfg.seed * 7919 + step)
+    t_gen = time.time() - t0
+    scores = [task.score(problems[i // G], tok.decode_response(ids)) for i, ids in enumerate(gen.tokens)]
+    rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32).view(B, G)
+    advantages = group_advantages(rewards, cfg.scale_adv_by_std).flatten()
+    lengths = torch.tensor([len(t) for t in gen.tokens], dtype=torch.float32)
+    truncated = torch.tensor([not f for f in gen.finished])
+    zero_var = (rewards.std(1) == 0)
+    keep = torch.ones(B * G, dtype=torch.bool)
+    if cfg.dynamic_sampling:
+        keep &= ~zero_var.repeat_interleave(G)
+    metrics = {"step": step + 1, "reward": rewards.mean().item(),
+               "accuracy": sum(s.correct for s in scores) / len(scores),
+               "format": sum(s.answer is not None for s in scores) / len(scores),
+               "length": lengths.mean().item(), "length_min": lengths.min().item(),
+               "length_max": lengths.max().item(), "truncated": truncated.float().mean().item(),
+               "zero_variance_groups": zero_var.float().mean().item(), "gen_tokens_per_s": lengths.sum().item() / t_gen}
+
+    rows = [i for i in range(B * G) if keep[i]]
+    if not rows:  # every group was uninformative: nothing to learn from this batch
+        metrics.update(kl=0.0, entropy=0.0, clip_frac=0.0, grad_norm=0.0, loss=0.0)
+        return metrics
+    inputs, targets, mask = build_batch([prompts[i // G] for i in rows], [gen.tokens[i] for i in rows],
+                                        tok.pad_id, device)
+    if cfg.mask_truncated:
+        mask &= ~truncated[rows].to(device)[:, None]
+    adv = advantages[rows].to(device)
+    model.train()
+    old_logp = token_logprobs(model, inputs, targets, cfg.micro_batch)  # pi_old = the sampling policy
+    ref_logp = token_logprobs(ref_model, inputs, targets, cfg.micro_batch) if cfg.beta > 0 else None
+    n_rows, n_tokens = inputs.size(0), int(mask.sum())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    stats_sum = {"clip_frac": 0.0, "kl": 0.0}
+    n_micro = 0
+    t1 = time.time()
+    for _ in range(cfg.mu):
+        optimizer.zero_grad(set_to_none=True)
+        for i in range(0, n_rows, cfg.micro_batch):
+            sl = slice(i, i + cfg.micro_batch)
+            with autocast:
+                out = model(inputs[sl], targets=targets[sl], with_mtp=False)
+            loss, stats = policy_loss(-out.token_loss, old_logp[sl], adv[sl], mask[sl], cfg.eps_low, cfg.eps_high,
+                                      cfg.beta, None if ref_logp is None else ref_logp[sl], cfg.kl_estimator,
+                                      cfg.loss_norm, cfg.max_new_tokens)
+            # micro-batches add up to the loss over the whole batch under each normalisation
+            share = (int(mask[sl].sum()) / max(n_tokens, 1)) if cfg.loss_norm == "token" else \
+                inputs[sl].size(0) / n_rows
+            (loss * share + out.losses["aux"]).backward()
+            for k in stats_sum:
+                stats_sum[k] += stats[k]
+            n_micro += 1
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        optimizer.step()
+        model.update_moe_biases()
+    metrics.update({k: v / n_micro for k, v in stats_sum.items()})
+    m = mask.bool()
+    metrics.update(loss=loss.item(), grad_norm=grad_norm, entropy=(-old_logp[m]).mean().item() if m.any() else 0.0,
+                   train_tokens_per_s=n_tokens * cfg.mu / (time.time() - t1))
+    return metrics
+
+
+def train(cfg, on_step=None):
+    cfg.check()
+    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    torch.manual_seed(cfg.seed)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    resume_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    source = resume_path if cfg.resume else cold_start(cfg)
+    model, tok, ckpt = checkpoint.load_model(source, device)
+    cold = ckpt["cold_start"] if cfg.resume else source
+    ref_model = None
+    if cfg.beta > 0:  # the frozen reference of the KL term is the cold start
+        ref_model = checkpoint.load_model(cold, device)[0].eval().requires_grad_(False)
+    task = make_tasks(cfg, [cfg.task])[0]
+    optimizer = make_optimizer(model, cfg, device)
+    step = 0
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if cfg.resume:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        step = ckpt["step"]
+        checkpoint.set_rng_state(ckpt["rng"])
+    else:
+        open(metrics_path, "w").close()
+        start = {"step": 0, **evaluate_tasks(model, tok, [task], cfg)}  # the cold start's held-out numbers
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(start) + "\n")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, desc="grpo")
+    try:
+        while step < cfg.steps:
+            for group in optimizer.param_groups:  # linear warmup, then constant
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+            metrics = grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device)
+            step += 1
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                metrics.update(evaluate_tasks(model, tok, [task], cfg))
+            if step % cfg.log_every == 0 or "eval/" + task.name + "/acc" in metrics:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward']:.2f}", len=f"{metrics['length']:.0f}")
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                save(cfg, model, optimizer, step, tok, cold)
+            if on_step is not None:
+                on_step(step, metrics)
+    except KeyboardInterrupt:
+        save(cfg, model, optimizer, step, tok, cold)
+        bar.write(f"interrupted: saved step {step} to {cfg.out_dir}/ckpt.pt")
+        raise
+    finally:
+        bar.close()
+    plot_metrics(metrics_path, os.path.join(cfg.out_dir, "grpo.png"),
+                 [f"eval/{task.name}/acc", f"eval/{task.name}/len", "reward", "accuracy", "length", "truncated",
+                  "zero_variance_groups", "kl", "entropy", "clip_frac", "grad_norm", "gen_tokens_per_s"],
+                 title=f"GRPO {cfg.out_dir}")
+    return model
+
+
+def save(cfg, model, optimizer, step, tok, cold):
+    checkpoint.save(os.path.join(cfg.out_dir, "ckpt.pt"), model=model.state_dict(), optimizer=optimizer.state_dict(),
+                    step=step, rng=checkpoint.rng_state(), config=config_to_dict(cfg),
+                    model_config=config_to_dict(model.cfg), tokenizer=checkpoint.tokenizer_to_dict(tok),
+                    cold_start=cold, kind="grpo")
+
+
+if __name__ == "__main__":
+    try:
+        config = load_config(GRPOConfig, sys.argv[1:]).check()
+    except ConfigError as e:
+        sys.exit(f"error: {e}")
+    train(config)
