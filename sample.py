@@ -8,7 +8,6 @@ Problem files, one JSON object a line: Countdown {"nums": [...], "target": n}; G
 {"question": ..., "answer": "... #### n"}; arithmetic {"question": "What is 2 + 3?", "answer": 5}.
 """
 import argparse
-import json
 import sys
 from fractions import Fraction
 
@@ -17,38 +16,29 @@ import torch
 from nanor1 import checkpoint
 from nanor1.engine import generate
 from nanor1.evaluate import complete, summarize
+from nanor1.jsonl import read_jsonl
 from nanor1.tasks.gsm8k import final_answer
 
 
 def read_problems(path):
     """-> (task name, problems); every line must be of the same kind. Errors name file and line."""
     kinds, problems = set(), []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            if "nums" in row:
-                nums, target = row.get("nums"), row.get("target")
-                if not (isinstance(nums, list) and all(type(n) is int for n in nums) and type(target) is int):
-                    raise ValueError(f"{where}: countdown lines need 'nums' (list of ints) and 'target' (int)")
-                kinds.add("countdown")
-                problems.append({"id": where, "nums": nums, "target": target})
-            elif isinstance(row.get("question"), str) and isinstance(row.get("answer"), str):
-                kinds.add("gsm8k")
-                problems.append({"id": where, "question": row["question"], "solution": row["answer"],
-                                 "answer": final_answer(row["answer"], where)})
-            elif isinstance(row.get("question"), str) and type(row.get("answer")) is int:
-                kinds.add("arithmetic")
-                problems.append({"id": where, "question": row["question"], "answer": Fraction(row["answer"])})
-            else:
-                raise ValueError(f"{where}: not a countdown, GSM8K or arithmetic problem (see sample.py --help)")
+    for where, row in read_jsonl(path):
+        if "nums" in row:
+            nums, target = row.get("nums"), row.get("target")
+            if not (isinstance(nums, list) and all(type(n) is int for n in nums) and type(target) is int):
+                raise ValueError(f"{where}: countdown lines need 'nums' (list of ints) and 'target' (int)")
+            kinds.add("countdown")
+            problems.append({"id": where, "nums": nums, "target": target})
+        elif isinstance(row.get("question"), str) and isinstance(row.get("answer"), str):
+            kinds.add("gsm8k")
+            problems.append({"id": where, "question": row["question"], "solution": row["answer"],
+                             "answer": final_answer(row["answer"], where)})
+        elif isinstance(row.get("question"), str) and type(row.get("answer")) is int:
+            kinds.add("arithmetic")
+            problems.append({"id": where, "question": row["question"], "answer": Fraction(row["answer"])})
+        else:
+            raise ValueError(f"{where}: not a countdown, GSM8K or arithmetic problem (see sample.py --help)")
     if len(kinds) != 1:
         raise ValueError(f"{path}: expected problems of one kind, found {sorted(kinds) or 'none'}")
     return kinds.pop(), problems

@@ -72,6 +72,17 @@ def accept_draft(p, q, draft, generator):
     return accepted, torch.multinomial(residual, 1, generator=generator)[:, 0]
 
 
+def _setup(model, prompts, max_new_tokens, pad_id, seed):
+    """Shared by both generators: left-pad, check the length, make the seeded generator."""
+    device = next(model.parameters()).device
+    idx, start = left_pad(prompts, pad_id, device)
+    if idx.size(1) + max_new_tokens > model.cfg.max_seq_len:
+        raise ValueError(f"prompt length {idx.size(1)} + max_new_tokens {max_new_tokens} exceeds the model's "
+                         f"max_seq_len={model.cfg.max_seq_len}")
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    return idx, start, generator, next(model.parameters()).dtype
+
+
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, n=1, temperature=1.0, top_k=0, top_p=1.0, stop_ids=(), pad_id=0,
              seed=None, use_cache=True, speculative=False):
@@ -81,19 +92,10 @@ def generate(model, prompts, max_new_tokens, n=1, temperature=1.0, top_k=0, top_
             raise ValueError("speculative decoding needs a model with mtp_depth >= 1")
         return _generate_speculative(model, prompts, max_new_tokens, n, temperature, top_k, top_p, stop_ids,
                                      pad_id, seed)
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
+    idx, start, generator, dtype = _setup(model, prompts, max_new_tokens, pad_id, seed)
+    device, (B, L) = idx.device, idx.shape
     was_training = model.training
     model.eval()
-    idx, start = left_pad(prompts, pad_id, device)
-    B, L = idx.shape
-    if L + max_new_tokens > model.cfg.max_seq_len:
-        raise ValueError(f"prompt length {L} + max_new_tokens {max_new_tokens} exceeds the model's "
-                         f"max_seq_len={model.cfg.max_seq_len}")
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
     stop = torch.tensor(sorted(set(stop_ids)) or [-1], device=device)
 
     logits = cache = None
@@ -131,15 +133,10 @@ def generate(model, prompts, max_new_tokens, n=1, temperature=1.0, top_k=0, top_
 
 @torch.no_grad()
 def _generate_speculative(model, prompts, max_new_tokens, n, temperature, top_k, top_p, stop_ids, pad_id, seed):
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    idx, start, generator, dtype = _setup(model, prompts, max_new_tokens, pad_id, seed)
+    device, (B, L) = idx.device, idx.shape
     was_training = model.training
     model.eval()
-    idx, start = left_pad(prompts, pad_id, device)
-    B, L = idx.shape
-    if L + max_new_tokens > model.cfg.max_seq_len:
-        raise ValueError(f"prompt length {L} + max_new_tokens {max_new_tokens} exceeds the model's "
-                         f"max_seq_len={model.cfg.max_seq_len}")
-    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     greedy = temperature == 0
     probs = lambda logits: filtered_probs(logits, temperature, top_k, top_p)  # noqa: E731
 

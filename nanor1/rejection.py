@@ -23,7 +23,7 @@ from nanor1.config import ConfigError, config_to_dict, load_config
 from nanor1.evaluate import complete, summarize
 from nanor1.plotting import plot_metrics
 from nanor1.sft import SFTConfig, make_tasks, train as train_sft
-from nanor1.tasks.verify import parse_response
+from nanor1.tasks.verify import VerifyError, evaluate, parse_response
 
 # ------------------------------------------------------------------------------------------------- dedup
 
@@ -115,12 +115,31 @@ def rule_charset(sample, problem, cfg):
     return all(32 <= ord(c) < 127 or c in "\n\t" for c in sample["text"])
 
 
+_EQUATION_RE = re.compile(r"(?<![0-9+\-*/])([0-9][0-9+\-*/]*)=(-?[0-9]+)")
+
+
+def rule_equations(sample, problem, cfg):
+    """A process check for arithmetic and Countdown chains: every 'a op b ... = c' in the reasoning is true
+    (the outcome verifier alone keeps right answers reached through wrong steps)."""
+    parsed = parse_response(sample["text"])
+    if parsed is None:
+        return False
+    for lhs, rhs in _EQUATION_RE.findall(parsed[0]):
+        try:
+            value, _ = evaluate(lhs)
+        except VerifyError:
+            return False
+        if value != int(rhs):
+            return False
+    return True
+
+
 def verify(sample, problem, cfg):
     return sample["score"].correct
 
 
 FILTERS = {"format": rule_format, "length": rule_length, "repetition": rule_repetition, "charset": rule_charset,
-           "verify": verify}
+           "equations": rule_equations, "verify": verify}
 
 
 def majority_answer(samples):
@@ -300,7 +319,7 @@ def run_round(cfg, round_idx, model, tok, tasks):
     return path, dict(counts)
 
 
-def evaluate(model, tok, tasks, cfg):
+def evaluate_heldout(model, tok, tasks, cfg):
     out = {}
     for task in tasks:
         problems = task.problems("test", cfg.eval_problems, 1234)
@@ -328,7 +347,7 @@ def run(cfg):
     tasks = make_tasks(cfg.sft, list(cfg.tasks))
     log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     with open(log_path, "w") as f:
-        f.write(json.dumps({"step": 0, **evaluate(model, tok, tasks, cfg)}) + "\n")
+        f.write(json.dumps({"step": 0, **evaluate_heldout(model, tok, tasks, cfg)}) + "\n")
     current = start
     for r in range(1, cfg.rounds + 1):
         data, counts = run_round(cfg, r, model, tok, tasks)
@@ -338,7 +357,7 @@ def run(cfg):
                                  eval_every=0, eval_problems=min(cfg.sft.eval_problems, 50), seed=cfg.seed + r)
         model = train_sft(ft)
         current = os.path.join(out_dir, "ckpt.pt")
-        row = {"step": r, **counts, **evaluate(model, tok, tasks, cfg)}
+        row = {"step": r, **counts, **evaluate_heldout(model, tok, tasks, cfg)}
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row))

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from nanor1 import checkpoint
 from nanor1.config import config_from_dict, config_to_dict
 from nanor1.evaluate import complete, summarize
+from nanor1.jsonl import read_jsonl
 from nanor1.model import GPT, ModelConfig
 from nanor1.plotting import plot_metrics
 from nanor1.tasks import ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards, get_tokenizer, make_task
@@ -79,18 +80,10 @@ def make_tasks(cfg, names):
 def read_jsonl_pairs(path):
     """A JSONL file of {"prompt": str, "response": str} -> list of (prompt, response); errors name file:line."""
     pairs = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) \
-                    or not isinstance(row.get("response"), str):
-                raise ValueError(f"{path}:{lineno}: expected string fields 'prompt' and 'response'")
-            pairs.append((row["prompt"], row["response"]))
+    for where, row in read_jsonl(path):
+        if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
+            raise ValueError(f"{where}: expected string fields 'prompt' and 'response'")
+        pairs.append((row["prompt"], row["response"]))
     return pairs
 
 

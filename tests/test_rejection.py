@@ -6,8 +6,8 @@ import torch
 
 from nanor1 import checkpoint
 from nanor1.config import ConfigError, load_config
-from nanor1.rejection import (RejectionConfig, dedup, embedding_dedup, majority_vote, rule_charset, rule_format,
-                              rule_length, rule_repetition, run, train_orm, verify)
+from nanor1.rejection import (RejectionConfig, dedup, embedding_dedup, majority_vote, rule_charset, rule_equations,
+                              rule_format, rule_length, rule_repetition, run, train_orm, verify)
 from nanor1.tasks import make_task
 from nanor1.tasks.verify import Score
 
@@ -31,6 +31,21 @@ def test_rule_filters_on_hand_made_cases():
     assert rule_charset(sample("12+3=15, left 15 7\n"), None, CFG)
     assert not rule_charset(sample("12+3=15 是"), None, CFG) and not rule_charset(sample("x\x00"), None, CFG)
     assert verify(sample("", correct=True), None, CFG) and not verify(sample(""), None, CFG)
+
+
+def test_equations_filter_checks_every_step():
+    import random
+    from nanor1.tasks import Arithmetic, ArithmeticConfig, Countdown
+    ok = "<think>7+5=12 carry 1 so 2, 4+8+1=13 carry 1 so 32, so 132</think><answer>132</answer>"
+    assert rule_equations(sample(ok), None, CFG)
+    assert not rule_equations(sample(ok.replace("4+8+1=13", "4+8+1=14")), None, CFG)
+    assert not rule_equations(sample("<think>16+9=7, left 7 3</think><answer>16+9</answer>"), None, CFG)
+    assert not rule_equations(sample("<think>9/0=1</think><answer>1</answer>"), None, CFG)
+    assert not rule_equations(sample("no format 1+1=2"), None, CFG)
+    rng = random.Random(0)  # every generated SFT target passes: the filter only removes real slips
+    for task in (Arithmetic(ArithmeticConfig(max_digits=3, step_frac=1.0)), Countdown()):
+        for p in task.problems("train", 100, 0):
+            assert rule_equations(sample(task.sft_target(p, rng)), p, CFG)
 
 
 def test_majority_vote_keeps_the_agreeing_samples():

@@ -6,12 +6,12 @@ unless keep_calculator) inside <think> and the final number inside <answer>. Ans
 fractions after normalising commas, "$" and a trailing ".0".
 """
 import dataclasses
-import json
 import os
 import random
 import re
 import urllib.request
 
+from nanor1.jsonl import read_jsonl
 from nanor1.tasks.verify import Rewards, VerifyError, parse_number, score
 
 URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl"
@@ -47,20 +47,11 @@ def load(path, split, download=False):
         urllib.request.urlretrieve(URL.format(split=split), file + ".part")
         os.replace(file + ".part", file)
     problems = []
-    with open(file, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{file}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or not isinstance(row.get("question"), str) \
-                    or not isinstance(row.get("answer"), str):
-                raise ValueError(f"{where}: expected string fields 'question' and 'answer'")
-            problems.append({"id": f"{split}-{lineno}", "question": row["question"], "solution": row["answer"],
-                             "answer": final_answer(row["answer"], where)})
+    for where, row in read_jsonl(file):
+        if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
+            raise ValueError(f"{where}: expected string fields 'question' and 'answer'")
+        problems.append({"id": f"{split}-{where.rsplit(':', 1)[1]}", "question": row["question"],
+                         "solution": row["answer"], "answer": final_answer(row["answer"], where)})
     return problems
 
 
