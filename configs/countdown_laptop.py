@@ -14,8 +14,8 @@ _model = dict(
     moe_inter_dim=64, mtp_depth=1, mtp_lambda=0.3,
 )
 sft = dict(
-    out_dir="out/countdown_laptop/sft", tasks={"countdown": 1.0}, countdown=countdown, n_examples=30000,
-    vocab_size=512, max_len=256, model=_model, batch_size=32, max_steps=1000, lr=3e-3, warmup_steps=50,
+    out_dir="out/countdown_laptop/sft", tasks={"countdown": 1.0}, countdown=countdown, n_examples=60000,
+    vocab_size=512, max_len=256, model=_model, batch_size=64, max_steps=2500, lr=3e-3, warmup_steps=50,
     log_every=25, eval_every=500, eval_problems=100, eval_max_new_tokens=200, save_every=250,
 )
 steps = 120
