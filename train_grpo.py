@@ -103,14 +103,24 @@ def cold_start(cfg):
     return path
 
 
+def micro_batches(targets, micro_batch):
+    """(row slice, columns used) per micro-batch: right padding past a micro-batch's last target is cut
+    (exact under causal attention), so rows sorted by length waste little compute."""
+    out = []
+    for i in range(0, targets.size(0), micro_batch):
+        rows = slice(i, i + micro_batch)
+        used = (targets[rows] != -100).any(0).nonzero()
+        out.append((rows, int(used.max()) + 1 if used.numel() else 1))
+    return out
+
+
 def token_logprobs(model, inputs, targets, micro_batch):
     """log pi(target token) for every position, no gradient: (N, T), 0 where target is -100."""
-    out = []
+    out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
     with torch.no_grad():
-        for i in range(0, inputs.size(0), micro_batch):
-            out.append(-model(inputs[i:i + micro_batch], targets=targets[i:i + micro_batch],
-                              with_mtp=False).token_loss)
-    return torch.cat(out)
+        for rows, T in micro_batches(targets, micro_batch):
+            out[rows, :T] = -model(inputs[rows, :T], targets=targets[rows, :T], with_mtp=False).token_loss.float()
+    return out
 
 
 def build_batch(prompts, responses, pad_id, device):
@@ -150,7 +160,7 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
                "length_max": lengths.max().item(), "truncated": truncated.float().mean().item(),
                "zero_variance_groups": zero_var.float().mean().item(), "gen_tokens_per_s": lengths.sum().item() / t_gen}
 
-    rows = [i for i in range(B * G) if keep[i]]
+    rows = sorted((i for i in range(B * G) if keep[i]), key=lambda i: len(prompts[i // G]) + len(gen.tokens[i]))
     if not rows:  # every group was uninformative: nothing to learn from this batch
         metrics.update(kl=0.0, entropy=0.0, clip_frac=0.0, grad_norm=0.0, loss=0.0)
         return metrics
@@ -169,13 +179,12 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
     t1 = time.time()
     for _ in range(cfg.mu):
         optimizer.zero_grad(set_to_none=True)
-        for i in range(0, n_rows, cfg.micro_batch):
-            sl = slice(i, i + cfg.micro_batch)
+        for sl, T in micro_batches(targets, cfg.micro_batch):
             with autocast:
-                out = model(inputs[sl], targets=targets[sl], with_mtp=False)
-            loss, stats = policy_loss(-out.token_loss, old_logp[sl], adv[sl], mask[sl], cfg.eps_low, cfg.eps_high,
-                                      cfg.beta, None if ref_logp is None else ref_logp[sl], cfg.kl_estimator,
-                                      cfg.loss_norm, cfg.max_new_tokens)
+                out = model(inputs[sl, :T], targets=targets[sl, :T], with_mtp=False)
+            loss, stats = policy_loss(-out.token_loss.float(), old_logp[sl, :T], adv[sl], mask[sl, :T], cfg.eps_low,
+                                      cfg.eps_high, cfg.beta, None if ref_logp is None else ref_logp[sl, :T],
+                                      cfg.kl_estimator, cfg.loss_norm, cfg.max_new_tokens)
             # micro-batches add up to the loss over the whole batch under each normalisation
             share = (int(mask[sl].sum()) / max(n_tokens, 1)) if cfg.loss_norm == "token" else \
                 inputs[sl].size(0) / n_rows

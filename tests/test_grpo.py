@@ -98,3 +98,15 @@ def test_gsm8k_config_runs_end_to_end_at_tiny_size(tmp_path, gsm8k_path):
     train_grpo.train(cfg)
     rows = [json.loads(line) for line in open(tmp_path / "grpo" / "metrics.jsonl")]
     assert "eval/gsm8k/acc" in rows[0] and "eval/gsm8k/acc" in rows[-1] and rows[-1]["step"] == 1
+
+
+def test_trimmed_micro_batches_give_the_same_logprobs_as_one_full_batch(tmp_path):
+    cfg = config(tmp_path)
+    model, tok, _ = checkpoint.load_model(train_grpo.cold_start(cfg))
+    prompts = [tok.render_prompt(f"What is {i} + {i}?") for i in range(6)]
+    responses = [tok.encode_response("<think></think><answer>" + "1" * (1 + 3 * i) + "</answer>") for i in range(6)]
+    inputs, targets, _ = train_grpo.build_batch(prompts, responses, tok.pad_id, "cpu")
+    full = train_grpo.token_logprobs(model, inputs, targets, micro_batch=64)
+    trimmed = train_grpo.token_logprobs(model, inputs, targets, micro_batch=2)  # 3 micro-batches, each cut
+    assert [T for _, T in train_grpo.micro_batches(targets, 2)] != [targets.size(1)] * 3
+    assert torch.allclose(full, trimmed, atol=1e-5)
