@@ -177,9 +177,10 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
     stats_sum = {"clip_frac": 0.0, "kl": 0.0}
     n_micro = 0
     t1 = time.time()
+    batches = micro_batches(targets, cfg.micro_batch)
     for _ in range(cfg.mu):
         optimizer.zero_grad(set_to_none=True)
-        for sl, T in micro_batches(targets, cfg.micro_batch):
+        for sl, T in batches:
             with autocast:
                 out = model(inputs[sl, :T], targets=targets[sl, :T], with_mtp=False)
             loss, stats = policy_loss(-out.token_loss.float(), old_logp[sl, :T], adv[sl], mask[sl, :T], cfg.eps_low,
@@ -196,8 +197,8 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
         optimizer.step()
         model.update_moe_biases()
     metrics.update({k: v / n_micro for k, v in stats_sum.items()})
-    m = mask.bool()
-    metrics.update(loss=loss.item(), grad_norm=grad_norm, entropy=(-old_logp[m]).mean().item() if m.any() else 0.0,
+    metrics.update(loss=loss.item(), grad_norm=grad_norm,
+                   entropy=(-old_logp[mask]).mean().item() if mask.any() else 0.0,
                    train_tokens_per_s=n_tokens * cfg.mu / (time.time() - t1))
     return metrics
 

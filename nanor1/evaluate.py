@@ -39,6 +39,12 @@ def complete(model, tok, task, problems, n=1, temperature=0.0, max_new_tokens=12
     return results
 
 
+def majority_answer(samples):
+    """The most common parsed answer among samples (ties: the first seen), or None if none parsed."""
+    answers = [s["score"].answer for s in samples if s["score"].answer is not None]
+    return collections.Counter(answers).most_common(1)[0][0] if answers else None
+
+
 def summarize(results, ks=(1,)):
     """pass@k for each k <= n, majority-vote accuracy, mean response length (tokens), truncation rate."""
     n = len(results[0])
@@ -48,9 +54,8 @@ def summarize(results, ks=(1,)):
             out[f"pass@{k}"] = sum(pass_at_k(n, sum(s["score"].correct for s in r), k) for r in results) / len(results)
     majority = 0
     for samples in results:
-        answers = [s["score"].answer for s in samples if s["score"].answer is not None]
-        if answers:
-            top = collections.Counter(answers).most_common(1)[0][0]
+        top = majority_answer(samples)
+        if top is not None:
             majority += next(s for s in samples if s["score"].answer == top)["score"].correct
     out["majority"] = majority / len(results)
     flat = [s for r in results for s in r]

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from nanor1 import checkpoint
 from nanor1.config import ConfigError, config_to_dict, load_config
-from nanor1.evaluate import complete, summarize
+from nanor1.evaluate import complete, majority_answer, summarize
 from nanor1.plotting import plot_metrics
 from nanor1.sft import SFTConfig, make_tasks, train as train_sft
 from nanor1.tasks.verify import VerifyError, evaluate, parse_response
@@ -140,11 +140,6 @@ def verify(sample, problem, cfg):
 
 FILTERS = {"format": rule_format, "length": rule_length, "repetition": rule_repetition, "charset": rule_charset,
            "equations": rule_equations, "verify": verify}
-
-
-def majority_answer(samples):
-    answers = [s["score"].answer for s in samples if s["score"].answer is not None]
-    return collections.Counter(answers).most_common(1)[0][0] if answers else None
 
 
 def majority_vote(samples):

@@ -265,7 +265,8 @@ def train(cfg, on_step=None):
             f.write(json.dumps(log) + "\n")
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (master and cfg.progress), desc="sft")
-    losses_for_log, t_last, tokens_since = [], time.time(), 0
+    moe_layers = model.moe_layers()
+    t_last, tokens_since = time.time(), 0
     try:
         while step < cfg.max_steps:
             model.train()
@@ -278,8 +279,8 @@ def train(cfg, on_step=None):
                 begin = (a * world + rank) * micro
                 inputs, targets = collate([examples[i] for i in batch[begin:begin + micro]], tok.pad_id, device)
                 tokens_since += int((targets != -100).sum()) * world
-                sync = a == cfg.grad_accum - 1 or world == 1
-                ctx = train_model.no_sync() if (world > 1 and not sync) else contextlib.nullcontext()
+                last_micro = a == cfg.grad_accum - 1  # DDP all-reduces gradients only on the last micro-step
+                ctx = train_model.no_sync() if (world > 1 and not last_micro) else contextlib.nullcontext()
                 with ctx, autocast:
                     out = train_model(inputs, targets=targets)
                     (out.loss / cfg.grad_accum).backward()
@@ -290,12 +291,11 @@ def train(cfg, on_step=None):
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             sync_moe_load(model, world)
-            loads = torch.stack([m.load for m in model.moe_layers()]) if model.moe_layers() else None
+            loads = torch.stack([m.load for m in moe_layers]) if moe_layers else None
             imbalance = (loads.max(1).values / loads.mean(1).clamp(min=1)).mean().item() if loads is not None else 0.0
             model.update_moe_biases()
             step += 1
             metrics = {"step": step, **totals, "lr": lr, "grad_norm": grad_norm, "moe_max_over_mean": imbalance}
-            losses_for_log.append(totals["loss"])
             bar.update(1)
             bar.set_postfix(loss=f"{totals['loss']:.3f}")
             if master and (step % cfg.log_every == 0 or step == cfg.max_steps):
