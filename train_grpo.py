@@ -186,10 +186,11 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
             loss, stats = policy_loss(-out.token_loss.float(), old_logp[sl, :T], adv[sl], mask[sl, :T], cfg.eps_low,
                                       cfg.eps_high, cfg.beta, None if ref_logp is None else ref_logp[sl, :T],
                                       cfg.kl_estimator, cfg.loss_norm, cfg.max_new_tokens)
-            # micro-batches add up to the loss over the whole batch under each normalisation
-            share = (int(mask[sl].sum()) / max(n_tokens, 1)) if cfg.loss_norm == "token" else \
-                inputs[sl].size(0) / n_rows
-            (loss * share + out.losses["aux"]).backward()
+            # micro-batches add up to the loss over the whole batch under each normalisation; the MoE
+            # balance loss (a mean over sequences) is weighted by the micro-batch's share of the rows
+            row_share = inputs[sl].size(0) / n_rows
+            share = int(mask[sl].sum()) / max(n_tokens, 1) if cfg.loss_norm == "token" else row_share
+            (loss * share + out.losses["aux"] * row_share).backward()
             for k in stats_sum:
                 stats_sum[k] += stats[k]
             n_micro += 1
