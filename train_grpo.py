@@ -76,6 +76,8 @@ class GRPOConfig:
     eval_problems: int = 200
     eval_max_new_tokens: int = 256
     eval_batch_size: int = 64
+    eval_samples: int = 1  # completions per held-out problem; accuracy is their mean (pass@1)
+    eval_temperature: float = 0.0  # 0: greedy; 1.0: the policy as it samples (R1 reports sampled pass@1)
     save_every: int = 50
     progress: bool = True
 
@@ -144,7 +146,8 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
     gen = generate(model, prompts, cfg.max_new_tokens, n=G, temperature=cfg.temperature, top_k=cfg.top_k,
                    top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=cfg.seed * 7919 + step)
     t_gen = time.time() - t0
-    scores = [task.score(problems[i // G], tok.decode_response(ids)) for i, ids in enumerate(gen.tokens)]
+    texts = [tok.decode_response(ids) for ids in gen.tokens]
+    scores = [task.score(problems[i // G], text) for i, text in enumerate(texts)]
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32).view(B, G)
     advantages = group_advantages(rewards, cfg.scale_adv_by_std).flatten()
     lengths = torch.tensor([len(t) for t in gen.tokens], dtype=torch.float32)
@@ -159,6 +162,9 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
                "length": lengths.mean().item(), "length_min": lengths.min().item(),
                "length_max": lengths.max().item(), "truncated": truncated.float().mean().item(),
                "zero_variance_groups": zero_var.float().mean().item(), "gen_tokens_per_s": lengths.sum().item() / t_gen}
+    if hasattr(task, "traits"):  # task-specific behaviour (Countdown: gave_up, dead_ends; arithmetic: step_by_step)
+        traits = [task.traits(text) for text in texts]
+        metrics.update({k: sum(t[k] for t in traits) / len(traits) for k in traits[0]})
 
     rows = sorted((i for i in range(B * G) if keep[i]), key=lambda i: len(prompts[i // G]) + len(gen.tokens[i]))
     if not rows:  # every group was uninformative: nothing to learn from this batch
@@ -255,8 +261,11 @@ def train(cfg, on_step=None):
     finally:
         bar.close()
     plot_metrics(metrics_path, os.path.join(cfg.out_dir, "grpo.png"),
-                 [f"eval/{task.name}/acc", f"eval/{task.name}/len", "reward", "accuracy", "length", "truncated",
-                  "zero_variance_groups", "kl", "entropy", "clip_frac", "grad_norm", "gen_tokens_per_s"],
+                 [f"eval/{task.name}/acc", f"eval/{task.name}/len"]
+                 + [f"eval/{task.name}/{k}" for k in (task.traits("") if hasattr(task, "traits") else {})]
+                 + ["reward", "accuracy", "length", "truncated",
+                  "zero_variance_groups", "kl", "entropy", "clip_frac", "grad_norm", "gen_tokens_per_s",
+                  "gave_up", "dead_ends", "step_by_step"],
                  title=f"GRPO {cfg.out_dir}")
     return model
 

@@ -6,6 +6,8 @@ Ragged prompts are left-padded into one batch (row b's real tokens start at star
 padding and RoPE positions count from start[b]). The prompt is prefilled once into MLA's latent cache, then
 fanned out to n samples per prompt (best-of-N, GRPO groups). Each step feeds one token per row through the
 absorbed decoding path; a row stops on its own at a stop id (its stop token is kept) or at max_new_tokens.
+Once a quarter of the batch has stopped, those rows leave the batch (and the cache), so a few long answers
+do not keep the short ones' compute busy.
 
 speculative=True: MTP self-speculative decoding (DeepSeek-V3 sec. 5.4.3). The MTP module drafts the token
 after next; one forward of the main model on [next, draft] verifies it and, when accepted, also yields the
@@ -106,29 +108,38 @@ def generate(model, prompts, max_new_tokens, n=1, temperature=1.0, top_k=0, top_
     seq, seq_start = idx.repeat_interleave(n, 0), start.repeat_interleave(n)
     rows = B * n
     out = torch.full((rows, max_new_tokens), pad_id, dtype=torch.long, device=device)
-    finished = torch.zeros(rows, dtype=torch.bool, device=device)
+    active = torch.arange(rows, device=device)  # the output row of each batch row
+    done = torch.zeros(rows, dtype=torch.bool, device=device)  # batch rows that have stopped
     n_steps = 0
     for t in range(max_new_tokens):
         if not use_cache:  # the slow path the tests compare against: recompute everything
             logits = model(seq, start=seq_start, last_only=True).logits[:, -1]
         next_ids = sample_next(logits, temperature, top_k, top_p, generator)
-        next_ids = torch.where(finished, torch.full_like(next_ids, pad_id), next_ids)
-        out[:, t] = next_ids
+        next_ids = torch.where(done, torch.full_like(next_ids, pad_id), next_ids)
+        out[active, t] = next_ids
         n_steps = t + 1
-        finished |= torch.isin(next_ids, stop) & ~finished
-        if bool(finished.all()):
+        done |= torch.isin(next_ids, stop)
+        if bool(done.all()):
             break
+        if 4 * int(done.sum()) >= done.numel():  # a quarter of the batch has stopped: drop those rows
+            keep = ~done
+            active, next_ids, done = active[keep], next_ids[keep], done[keep]
+            if use_cache:
+                cache.keep(keep)
+            else:
+                seq, seq_start = seq[keep], seq_start[keep]
         if use_cache:
             logits = model(next_ids[:, None], cache=cache).logits[:, -1]
         else:
             seq = torch.cat([seq, next_ids[:, None]], 1)
     model.train(was_training)
-    tokens, stops = [], set(stop_ids)
+    tokens, finished, stops = [], [], set(stop_ids)
     for r in range(rows):
         row = out[r, :n_steps].tolist()
         hits = [i for i, tok in enumerate(row) if tok in stops]
         tokens.append(row[:hits[0] + 1] if hits else row)
-    return Generation(tokens, finished.tolist())
+        finished.append(bool(hits))  # False: cut at max_new_tokens
+    return Generation(tokens, finished)
 
 
 @torch.no_grad()

@@ -34,7 +34,8 @@ def complete(model, tok, task, problems, n=1, temperature=0.0, max_new_tokens=12
             for r in range(j * n, (j + 1) * n):
                 text = tok.decode_response(gen.tokens[r])
                 samples.append({"text": text, "ids": gen.tokens[r], "score": task.score(problem, text),
-                                "finished": gen.finished[r]})
+                                "finished": gen.finished[r],
+                                "traits": task.traits(text) if hasattr(task, "traits") else {}})
             results.append(samples)
     return results
 
@@ -46,7 +47,8 @@ def majority_answer(samples):
 
 
 def summarize(results, ks=(1,)):
-    """pass@k for each k <= n, majority-vote accuracy, mean response length (tokens), truncation rate."""
+    """pass@k for each k <= n, majority-vote accuracy, mean response length (tokens), truncation rate, and
+    the mean of each of the task's traits."""
     n = len(results[0])
     out = {}
     for k in ks:
@@ -62,4 +64,6 @@ def summarize(results, ks=(1,)):
     out["mean_length"] = sum(len(s["ids"]) for s in flat) / len(flat)
     out["truncated"] = sum(not s["finished"] for s in flat) / len(flat)
     out["format"] = sum(s["score"].answer is not None for s in flat) / len(flat)
+    for key in flat[0].get("traits", {}):  # the task's own behaviour measures, e.g. Countdown's gave_up
+        out[key] = sum(s["traits"][key] for s in flat) / len(flat)
     return out

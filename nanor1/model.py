@@ -160,6 +160,12 @@ class KVCache:
         self.pos = self.pos.repeat_interleave(n)
         return self
 
+    def keep(self, rows):
+        """Keep only the rows where `rows` (B,) is True (the sampler drops rows that have finished)."""
+        self.latent, self.k_rope = self.latent[:, rows], self.k_rope[:, rows]
+        self.valid, self.pos = self.valid[rows], self.pos[rows]
+        return self
+
     @staticmethod
     def bytes_per_token(cfg, dtype_bytes=2):
         return cfg.n_layers * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) * dtype_bytes

@@ -65,6 +65,8 @@ class SFTConfig:
     eval_problems: int = 100  # held-out problems per task
     eval_max_new_tokens: int = 64
     eval_batch_size: int = 64
+    eval_samples: int = 1  # completions per held-out problem; accuracy is their mean (pass@1)
+    eval_temperature: float = 0.0  # 0: greedy; 1: the policy as it samples (R1 reports sampled pass@1)
     save_every: int = 250
     progress: bool = True  # tqdm bar
 
@@ -188,14 +190,19 @@ def check_replicas(model, world):
 
 
 def evaluate_tasks(model, tok, tasks, cfg, seed=1234):
-    """Greedy held-out accuracy per task -> {"eval/<task>/acc": ..., "eval/<task>/len": ...}."""
+    """Held-out pass@1 (greedy, or the mean over eval_samples sampled completions) and mean response length
+    per task -> {"eval/<task>/acc": ..., "eval/<task>/len": ...}."""
     out = {}
     for task in tasks:
         problems = task.problems("test", cfg.eval_problems, seed)
-        summary = summarize(complete(model, tok, task, problems, n=1, temperature=0.0,
-                                     max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size))
+        summary = summarize(complete(model, tok, task, problems, n=cfg.eval_samples, temperature=cfg.eval_temperature,
+                                     max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
+                                     seed=seed))
         out[f"eval/{task.name}/acc"] = summary["pass@1"]
         out[f"eval/{task.name}/len"] = summary["mean_length"]
+        if hasattr(task, "traits"):  # e.g. Countdown's gave_up: how often the policy gives up
+            for key in task.traits(""):
+                out[f"eval/{task.name}/{key}"] = summary[key]
     return out
 
 

@@ -43,6 +43,20 @@ def test_rows_stop_on_their_own(model):
     assert len(out.tokens[0]) <= 6
 
 
+def test_finished_rows_leave_the_batch_without_changing_the_others(model):
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, 200, (int(k),), generator=g).tolist() for k in torch.randint(2, 9, (12,), generator=g)]
+    free = generate(model, prompts, 24, temperature=0).tokens
+    stop = max(range(model.cfg.vocab_size), key=lambda t: sum(t in row[1:] for row in free))  # a common token
+    out = generate(model, prompts, 24, temperature=0, stop_ids=[stop])
+    stopped_at = {len(t) for t, done in zip(out.tokens, out.finished) if done}
+    assert len(stopped_at) >= 3  # rows stop at different steps, so the batch shrinks more than once
+    assert out.tokens == [generate(model, [p], 24, temperature=0, stop_ids=[stop]).tokens[0] for p in prompts]
+    # sampling: the shrinking batch draws the same numbers with and without the cache
+    a = generate(model, prompts, 24, n=2, temperature=1.0, seed=5, stop_ids=[stop])
+    assert a.tokens == generate(model, prompts, 24, n=2, temperature=1.0, seed=5, stop_ids=[stop], use_cache=False).tokens
+
+
 def test_fan_out_and_seeding(model):
     greedy = generate(model, PROMPTS, 8, temperature=0).tokens
     fanned = generate(model, PROMPTS, 8, n=3, temperature=0).tokens

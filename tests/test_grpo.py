@@ -41,8 +41,8 @@ def test_end_to_end_cold_start_then_grpo_then_resume(tmp_path):
     rows = [json.loads(line) for line in open(tmp_path / "grpo" / "metrics.jsonl")]
     assert rows[0]["step"] == 0 and "eval/arithmetic/acc" in rows[0]
     keys = {"reward", "accuracy", "length", "length_min", "length_max", "truncated", "zero_variance_groups", "kl",
-            "entropy", "clip_frac", "grad_norm", "gen_tokens_per_s"}
-    assert keys <= set(rows[1]) and rows[-1]["step"] == 3 and "eval/arithmetic/acc" in rows[-1]
+            "entropy", "clip_frac", "grad_norm", "gen_tokens_per_s", "step_by_step"}  # the last: the task's traits
+    assert keys <= set(rows[1]) and 0 <= rows[1]["step_by_step"] <= 1 and rows[-1]["step"] == 3 and "eval/arithmetic/acc" in rows[-1]
     assert rows[1]["kl"] >= 0.0
     # resume: 2 more steps from the checkpoint at step 3
     train_grpo.train(config(tmp_path, "--resume=true", "--steps=5"))

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import socket
@@ -70,6 +71,12 @@ def test_sft_learns_direct_arithmetic(tmp_path):
     untrained = GPT(model.cfg)
     tok = checkpoint.load_model(tmp_path)[1]
     assert evaluate_tasks(untrained, tok, make_tasks(cfg, ["arithmetic"]), cfg)["eval/arithmetic/acc"] == 0.0
+    # sampled pass@1: the mean over 4 completions a problem at temperature 1, the same for the same seed
+    sampled = dataclasses.replace(cfg, eval_samples=4, eval_temperature=1.0)
+    tasks = make_tasks(cfg, ["arithmetic"])
+    first, again = evaluate_tasks(model, tok, tasks, sampled), evaluate_tasks(model, tok, tasks, sampled)
+    assert first == again and 0 < first["eval/arithmetic/acc"] < 1
+    assert abs(first["eval/arithmetic/acc"] * 120 - round(first["eval/arithmetic/acc"] * 120)) < 1e-9
 
 
 def test_batches_depend_only_on_seed_and_step():

@@ -2,6 +2,7 @@ import collections
 import itertools
 import operator
 import random
+import re
 from fractions import Fraction
 
 import pytest
@@ -68,7 +69,7 @@ def test_countdown_problems_are_solvable_and_heldout_targets_stay_out_of_train()
 
 
 def test_countdown_traces_end_in_a_wellformed_answer_and_solved_ones_verify():
-    task = Countdown(CountdownConfig(patience=(1, 2, 4, 8, 16, 32)))
+    task = Countdown(CountdownConfig(give_up=0.3))
     rng = random.Random(0)
     outcomes = collections.Counter()
     for p in task.problems("train", 300, 1):
@@ -83,13 +84,53 @@ def test_countdown_traces_end_in_a_wellformed_answer_and_solved_ones_verify():
     assert outcomes[True] > 50 and outcomes[False] > 50  # the patience spread gives both kinds
 
 
+def test_countdown_traces_give_up_after_each_dead_end_with_the_same_probability():
+    # geometric budgets: the k-th dead end is followed by "give up" with probability give_up, for every k,
+    # so a model can learn the decision without counting lines
+    task = Countdown(CountdownConfig(n_numbers=(3, 4), max_number=9, max_target=30, give_up=0.4, max_value=60))
+    rng = random.Random(0)
+    followed = collections.defaultdict(lambda: [0, 0])  # dead-end index -> [gave up, went on]
+    for p in task.problems("train", 3000, 2):
+        lines = task.sft_target(p, rng).split("</think>")[0].removeprefix("<think>").split("\n")
+        for line in lines:
+            for value in re.findall(r"=(\d+)", line):
+                assert int(value) <= 60, line  # max_value caps every intermediate result
+        k = 0
+        for line, nxt in zip(lines, lines[1:]):
+            if line.endswith("back"):
+                followed[min(k, 2)][nxt != "give up"] += 1
+                k += 1
+        states = [tuple(sorted(line.split(", left ")[1].split())) if ", left " in line
+                  else ("leaf", line.split(",")[0].split("=")[1]) for line in lines if line != "give up"]
+        assert len(states) == len(set(states)), lines  # every state is explored once
+        assert lines[-1] in ("give up",) or lines[-1].endswith("found")
+        if lines[-1] == "give up":
+            assert lines[-2].endswith("back")  # giving up only ever follows a dead end
+    for k, (gave_up, went_on) in followed.items():
+        n = gave_up + went_on
+        assert n > 300 and abs(gave_up / n - 0.4) < 4 * (0.24 / n) ** 0.5, (k, gave_up, n)
+
+
+def test_traits_say_what_a_completion_does():
+    countdown, arithmetic = Countdown(), Arithmetic()
+    trace, answer, _ = search_trace([25, 3, 7, 2], 24, 2)
+    traits = countdown.traits(f"<think>{trace}</think><answer>{answer}</answer>")
+    assert traits == {"dead_ends": 3.0, "gave_up": 1.0, "claims_found": 0.0}
+    found = countdown.traits("<think>25-1=24, found</think><answer>25-1</answer>")
+    assert found == {"dead_ends": 0.0, "gave_up": 0.0, "claims_found": 1.0}
+    assert arithmetic.traits("<think></think><answer>12</answer>") == {"step_by_step": 0.0}
+    assert arithmetic.traits("<think>7+5=12 carry 1 so 2, so 12</think><answer>12</answer>") == {"step_by_step": 1.0}
+
+
 def test_countdown_trace_example():
     trace, answer, solved = search_trace([25, 3, 7, 2], 24, 100)
     assert solved and check_answer(answer, [25, 3, 7, 2], 24)
     first = trace.split("\n")[0]
     assert first.startswith("25-") or first.startswith("25+")  # closest-first heuristic
-    trace, answer, solved = search_trace([25, 3, 7, 2], 24, 1)
-    assert not solved and trace.endswith("give up") and trace.count("\n") == 1
+    trace, answer, solved = search_trace([25, 3, 7, 2], 24, 0)  # no patience: gives up at the first dead end
+    assert not solved and trace.endswith("back\ngive up") and trace.count("back") == 1
+    trace, _, _ = search_trace([25, 3, 7, 2], 24, 2)
+    assert trace.endswith("back\ngive up") and trace.count("back") == 3
 
 
 def test_countdown_checker_rejects_reused_or_foreign_numbers():

@@ -75,6 +75,10 @@ class Arithmetic:
             return _sub_steps(a, b) if a >= b else f"{a}<{b} so -({b}-{a}): " + _sub_steps(b, a)
         return _mul_steps(a, b)
 
+    def traits(self, completion):
+        """What GRPO logs about a completion besides its reward: does it work step by step?"""
+        return {"step_by_step": float(not completion.startswith("<think></think>"))}
+
     def score(self, problem, completion):
         return score(completion, lambda ans: parse_number(ans) == problem["answer"], self.rewards)
 

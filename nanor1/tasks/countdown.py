@@ -4,15 +4,18 @@ Conventions from Stream of Search (Gandhi et al. 2024, arXiv 2404.03683): moves 
 smaller and exact division; a fixed 10% of target values never appear in train. Problems are generated from
 the full set of values the numbers can reach (an exhaustive search), so every problem is solvable.
 
-The SFT target is a depth-first search written out as text, best-looking move first:
+The SFT target is a depth-first search written out as text, best-looking move first, each state (the
+numbers left) explored once:
     <think>25+3=28, left 28 7 2
     28-7=21, left 21 2
     21+2=23, not 24, back
     ...
     28-4=24, found</think><answer>(25+3)-(7-...)</answer>
-The search has a patience budget (moves it may write); cut off before it finds the target, the trace ends
-"give up" and answers its closest value: a wrong guess. Training on a spread of budgets gives a model that
-sometimes gives up early; GRPO can then teach it to keep searching (longer responses, more right answers).
+The search has a patience budget: the dead ends ("not 24, back") it may hit. Out of patience before it finds
+the target, the trace ends "give up" and answers its closest value: a wrong guess. Budgets are drawn from a
+geometric distribution, so after every dead end the trace gives up with the same probability `give_up`: a
+decision a model can learn without counting lines. The cold start therefore gives up at random after a dead
+end; GRPO can teach it to keep searching (longer responses, more right answers): the "aha" this project shows.
 """
 import collections
 import dataclasses
@@ -32,11 +35,13 @@ class CountdownConfig:
     max_target: int = 100
     heldout_frac: float = 0.1  # share of target values never seen in train
     test_frac: float = 0.1  # share of (numbers, target) problems reserved for test
-    patience: tuple[int, ...] = (3, 6, 12, 24, 48)  # move budgets of SFT traces, drawn uniformly
+    give_up: float = 0.3  # SFT traces give up after each dead end with this probability (geometric budgets)
+    max_value: int = 0  # moves whose result exceeds this are not legal (0: no cap); keeps the arithmetic small
 
 
-def moves(a, b):
-    """The legal results of combining a and b: [(value, 'x op y')], larger operand first; no no-op moves."""
+def moves(a, b, max_value=0):
+    """The legal results of combining a and b: [(value, 'x op y')], larger operand first; no no-op moves,
+    no result above max_value (if set)."""
     hi, lo = max(a, b), min(a, b)
     out = [(hi + lo, f"{hi}+{lo}")]
     if lo != 1:
@@ -45,7 +50,7 @@ def moves(a, b):
         out.append((hi - lo, f"{hi}-{lo}"))
     if lo > 1 and hi % lo == 0:
         out.append((hi // lo, f"{hi}/{lo}"))
-    return out
+    return [m for m in out if not max_value or m[0] <= max_value]
 
 
 def _combine(expr_a, expr_b, a, b, op):
@@ -54,20 +59,20 @@ def _combine(expr_a, expr_b, a, b, op):
 
 
 @functools.lru_cache(maxsize=100_000)
-def reachable(nums):
+def reachable(nums, max_value=0):
     """Every value reachable from the sorted tuple `nums`, each number used at most once (a full search)."""
     out = set(nums)
     for i in range(len(nums)):
         for j in range(i + 1, len(nums)):
             rest = nums[:i] + nums[i + 1:j] + nums[j + 1:]
-            for value, _ in moves(nums[i], nums[j]):
-                out |= reachable(tuple(sorted(rest + (value,))))
+            for value, _ in moves(nums[i], nums[j], max_value):
+                out |= reachable(tuple(sorted(rest + (value,))), max_value)
     return frozenset(out)
 
 
-def solve(nums, target):
+def solve(nums, target, max_value=0):
     """One expression for target (exhaustive search), or None."""
-    _, answer, solved = search_trace(nums, target, patience=10 ** 9)
+    _, answer, solved = search_trace(nums, target, patience=10 ** 9, max_value=max_value)
     return answer if solved else None
 
 
@@ -82,10 +87,12 @@ def strip_outer(expr):
     return expr
 
 
-def search_trace(nums, target, patience):
-    """Depth-first search written as text. -> (trace, answer_expression, solved)."""
+def search_trace(nums, target, patience, max_value=0):
+    """Depth-first search written as text; after `patience` dead ends the next one ends it with "give up".
+    -> (trace, answer_expression, solved)."""
     lines, budget = [], [patience]
     best = [None]  # (distance, expression) of the closest value written so far
+    seen = set()  # states (sorted values) already written: reached again by another move, they are skipped
 
     def dfs(state):  # state: list of (value, expression)
         candidates = []
@@ -93,14 +100,17 @@ def search_trace(nums, target, patience):
             for j in range(i + 1, len(state)):
                 (a, ea), (b, eb) = state[i], state[j]
                 rest = [s for k, s in enumerate(state) if k not in (i, j)]
-                for value, text in moves(a, b):
+                for value, text in moves(a, b, max_value):
                     op = text[len(str(max(a, b)))]
                     candidates.append((abs(value - target), value, text, _combine(ea, eb, a, b, op), rest))
         candidates.sort(key=lambda c: c[0])  # heuristic: closest to the target first (stable, so seeded)
         for distance, value, text, expr, rest in candidates:
-            if budget[0] == 0:
+            key = tuple(sorted([value] + [v for v, _ in rest]))
+            if key in seen:
+                continue
+            seen.add(key)
+            if budget[0] < 0:
                 return None
-            budget[0] -= 1
             if best[0] is None or distance < best[0][0]:
                 best[0] = (distance, expr)
             line = f"{text}={value}"
@@ -109,6 +119,7 @@ def search_trace(nums, target, patience):
                 return expr
             if not rest:
                 lines.append(f"{line}, not {target}, back")
+                budget[0] -= 1  # a dead end
                 continue
             new_state = [(value, expr)] + rest
             lines.append(f"{line}, left " + " ".join(str(v) for v, _ in new_state))
@@ -140,7 +151,8 @@ class Countdown:
         self.cfg = cfg = cfg or CountdownConfig()
         self.rewards = rewards or Rewards()
         if not (cfg.n_numbers and all(2 <= k <= 5 for k in cfg.n_numbers) and 1 <= cfg.min_number <= cfg.max_number
-                and cfg.min_target <= cfg.max_target and cfg.patience and min(cfg.patience) >= 1):
+                and cfg.min_target <= cfg.max_target and 0 <= cfg.give_up < 1
+                and (not cfg.max_value or cfg.max_value >= cfg.max_target)):
             raise ValueError(f"countdown: bad config {cfg}")
         targets = list(range(cfg.min_target, cfg.max_target + 1))
         n_heldout = round(cfg.heldout_frac * len(targets))
@@ -155,7 +167,7 @@ class Countdown:
         out = []
         while len(out) < n:
             nums = [rng.randint(cfg.min_number, cfg.max_number) for _ in range(rng.choice(cfg.n_numbers))]
-            reach = reachable(tuple(sorted(nums)))
+            reach = reachable(tuple(sorted(nums)), cfg.max_value)
             targets = [t for t in range(cfg.min_target, cfg.max_target + 1)
                        if t in reach and t not in nums and self.split_of(nums, t) == split]
             if targets:
@@ -166,9 +178,23 @@ class Countdown:
     def prompt(self, problem):
         return f"Make {problem['target']} from {' '.join(map(str, problem['nums']))} with + - * /, each number at most once."
 
+    def patience(self, rng):
+        """Dead ends an SFT trace may hit: P(k) = (1 - give_up)^k * give_up, so every dead end is a fresh
+        give-up decision with probability give_up (a spread of budgets a model can learn without counting)."""
+        k = 0
+        while rng.random() >= self.cfg.give_up:
+            k += 1
+        return k
+
     def sft_target(self, problem, rng):
-        trace, answer, _ = search_trace(problem["nums"], problem["target"], rng.choice(self.cfg.patience))
+        trace, answer, _ = search_trace(problem["nums"], problem["target"], self.patience(rng), self.cfg.max_value)
         return f"<think>{trace}</think><answer>{answer}</answer>"
+
+    def traits(self, completion):
+        """What GRPO logs about a completion besides its reward: dead ends written, did it give up, did it
+        claim to have found the target (a claim the verifier may reject)?"""
+        return {"dead_ends": float(completion.count(", back")), "gave_up": float("give up" in completion),
+                "claims_found": float(", found</think>" in completion)}
 
     def score(self, problem, completion):
         return score(completion, lambda ans: check_answer(ans, problem["nums"], problem["target"]), self.rewards)
