@@ -1,10 +1,10 @@
 # Arithmetic under GRPO: the cold start answers half of the problems directly (step_frac=0.5), which a small
-# model often gets wrong on 2-digit numbers; the correctness reward should move the policy towards the
-# step-by-step chains (longer responses, more right answers). Laptop-size model, runs on CPU:
+# model often gets wrong once an operand has 2 digits; the correctness reward should move the policy towards
+# the step-by-step chains (longer responses, more right answers). Laptop-size model, runs on CPU:
 #   python train_grpo.py configs/arithmetic.py
 out_dir = "out/arithmetic/grpo"
 task = "arithmetic"
-arithmetic = dict(min_digits=2, max_digits=2, ops=("+", "-"), step_frac=0.5)
+arithmetic = dict(min_digits=1, max_digits=2, ops=("+", "-"), step_frac=0.5)
 _eval = dict(eval_problems=200, eval_samples=4, eval_temperature=1.0, eval_max_new_tokens=80, eval_batch_size=400)
 sft = dict(
     out_dir="out/arithmetic/sft", tasks={"arithmetic": 1.0}, arithmetic=arithmetic, n_examples=40000,
