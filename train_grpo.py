@@ -25,6 +25,7 @@ from tqdm import tqdm
 from nanor1 import checkpoint
 from nanor1.config import ConfigError, config_to_dict, load_config
 from nanor1.engine import generate
+from nanor1.evaluate import task_traits
 from nanor1.grpo import LOSS_NORMS, group_advantages, policy_loss
 from nanor1.plotting import plot_metrics
 from nanor1.sft import SFTConfig, evaluate_tasks, make_optimizer, make_tasks, train as train_sft
@@ -162,9 +163,8 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
                "length": lengths.mean().item(), "length_min": lengths.min().item(),
                "length_max": lengths.max().item(), "truncated": truncated.float().mean().item(),
                "zero_variance_groups": zero_var.float().mean().item(), "gen_tokens_per_s": lengths.sum().item() / t_gen}
-    if hasattr(task, "traits"):  # task-specific behaviour (Countdown: gave_up, dead_ends; arithmetic: step_by_step)
-        traits = [task.traits(text) for text in texts]
-        metrics.update({k: sum(t[k] for t in traits) / len(traits) for k in traits[0]})
+    traits = [task_traits(task, text) for text in texts]  # Countdown: gave_up, dead_ends, ...; arithmetic: step_by_step
+    metrics.update({k: sum(t[k] for t in traits) / len(traits) for k in traits[0]})
 
     rows = sorted((i for i in range(B * G) if keep[i]), key=lambda i: len(prompts[i // G]) + len(gen.tokens[i]))
     if not rows:  # every group was uninformative: nothing to learn from this batch
@@ -260,12 +260,11 @@ def train(cfg, on_step=None):
         raise
     finally:
         bar.close()
+    trait_keys = list(task_traits(task, ""))
     plot_metrics(metrics_path, os.path.join(cfg.out_dir, "grpo.png"),
-                 [f"eval/{task.name}/acc", f"eval/{task.name}/len"]
-                 + [f"eval/{task.name}/{k}" for k in (task.traits("") if hasattr(task, "traits") else {})]
-                 + ["reward", "accuracy", "length", "truncated",
-                  "zero_variance_groups", "kl", "entropy", "clip_frac", "grad_norm", "gen_tokens_per_s",
-                  "gave_up", "dead_ends", "step_by_step"],
+                 [f"eval/{task.name}/acc", f"eval/{task.name}/len"] + [f"eval/{task.name}/{k}" for k in trait_keys]
+                 + ["reward", "accuracy", "length", "truncated", "zero_variance_groups", "kl", "entropy", "clip_frac",
+                    "grad_norm", "gen_tokens_per_s"] + trait_keys,
                  title=f"GRPO {cfg.out_dir}")
     return model
 

@@ -18,6 +18,11 @@ def pass_at_k(n, c, k):
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
+def task_traits(task, text):
+    """The task's own behaviour measures of a completion (Countdown: gave_up, ...), {} if it has none."""
+    return task.traits(text) if hasattr(task, "traits") else {}
+
+
 def complete(model, tok, task, problems, n=1, temperature=0.0, max_new_tokens=128, batch_size=32, seed=0,
              top_k=0, top_p=1.0, speculative=False, progress=False):
     """-> list (one per problem) of lists of n dicts {text, ids, score, finished}."""
@@ -35,7 +40,7 @@ def complete(model, tok, task, problems, n=1, temperature=0.0, max_new_tokens=12
                 text = tok.decode_response(gen.tokens[r])
                 samples.append({"text": text, "ids": gen.tokens[r], "score": task.score(problem, text),
                                 "finished": gen.finished[r],
-                                "traits": task.traits(text) if hasattr(task, "traits") else {}})
+                                "traits": task_traits(task, text)})
             results.append(samples)
     return results
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from nanor1 import checkpoint
 from nanor1.config import config_from_dict, config_to_dict
-from nanor1.evaluate import complete, summarize
+from nanor1.evaluate import complete, summarize, task_traits
 from nanor1.jsonl import read_jsonl
 from nanor1.model import GPT, ModelConfig
 from nanor1.plotting import plot_metrics
@@ -200,9 +200,8 @@ def evaluate_tasks(model, tok, tasks, cfg, seed=1234):
                                      seed=seed))
         out[f"eval/{task.name}/acc"] = summary["pass@1"]
         out[f"eval/{task.name}/len"] = summary["mean_length"]
-        if hasattr(task, "traits"):  # e.g. Countdown's gave_up: how often the policy gives up
-            for key in task.traits(""):
-                out[f"eval/{task.name}/{key}"] = summary[key]
+        for key in task_traits(task, ""):  # e.g. Countdown's gave_up: how often the policy gives up
+            out[f"eval/{task.name}/{key}"] = summary[key]
     return out
 
 
