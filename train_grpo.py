@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from nanor1 import checkpoint
 from nanor1.config import ConfigError, config_to_dict, load_config
+from nanor1.device import DTYPES, autocast, pick_device
 from nanor1.engine import generate
 from nanor1.evaluate import task_traits
 from nanor1.grpo import LOSS_NORMS, group_advantages, policy_loss
@@ -39,7 +40,8 @@ class GRPOConfig:
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)  # the cold start
     resume: bool = False
     seed: int = 0
-    device: str = "auto"
+    device: str = "auto"  # 'auto': cuda, else mps, else cpu
+    dtype: str = "auto"  # 'auto' (bf16 autocast on CUDA, else fp32), 'bf16' (autocast on any device), 'fp32'
     task: str = "countdown"
     arithmetic: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
     countdown: CountdownConfig = dataclasses.field(default_factory=CountdownConfig)
@@ -71,6 +73,10 @@ class GRPOConfig:
     beta2: float = 0.99
     grad_clip: float = 1.0
     micro_batch: int = 64  # sequences per forward in the update
+    # MoE aux-loss-free balancing during GRPO. Off: DeepSeek-V3 sets the bias update speed gamma to 0 for the
+    # end of pre-training (sec. 4.2), and a policy-gradient batch (G samples of B prompts) is a narrow, skewed
+    # sample of the data, so balancing on it would move routing for reasons unrelated to the reward.
+    moe_bias_update: bool = False
     # logging
     log_every: int = 1
     eval_every: int = 20
@@ -89,6 +95,8 @@ class GRPOConfig:
             raise ConfigError(f"config key 'kl_estimator' must be 'k1', 'k2' or 'k3', got {self.kl_estimator!r}")
         if self.task not in ("arithmetic", "countdown", "gsm8k"):
             raise ConfigError(f"config key 'task' must be arithmetic, countdown or gsm8k, got {self.task!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"config key 'dtype' must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.group_size < 2:
             raise ConfigError("config key 'group_size' must be at least 2 (advantages are relative to the group)")
         return self
@@ -117,12 +125,15 @@ def micro_batches(targets, micro_batch):
     return out
 
 
-def token_logprobs(model, inputs, targets, micro_batch):
-    """log pi(target token) for every position, no gradient: (N, T), 0 where target is -100."""
+def token_logprobs(model, inputs, targets, micro_batch, precision=contextlib.nullcontext):
+    """log pi(target token) for every position, no gradient: (N, T), 0 where target is -100. `precision` makes the
+    context of each forward; it must be the update's own (autocast on the GPU), or the ratio pi / pi_old is not 1
+    at the first inner step (bf16 vs fp32 log-probs differ by ~5e-3 per token)."""
     out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
     with torch.no_grad():
         for rows, T in micro_batches(targets, micro_batch):
-            out[rows, :T] = -model(inputs[rows, :T], targets=targets[rows, :T], with_mtp=False).token_loss.float()
+            with precision():
+                out[rows, :T] = -model(inputs[rows, :T], targets=targets[rows, :T], with_mtp=False).token_loss.float()
     return out
 
 
@@ -143,9 +154,11 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
     B, G = cfg.prompts_per_step, cfg.group_size
     problems = task.problems("train", B, seed=cfg.seed * 1_000_003 + step)
     prompts = [tok.render_prompt(task.prompt(p)) for p in problems]
+    precision = lambda: autocast(device, cfg.dtype)  # noqa: E731  one context for sampling, pi_old, pi_ref, update
     t0 = time.time()
-    gen = generate(model, prompts, cfg.max_new_tokens, n=G, temperature=cfg.temperature, top_k=cfg.top_k,
-                   top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=cfg.seed * 7919 + step)
+    with precision():
+        gen = generate(model, prompts, cfg.max_new_tokens, n=G, temperature=cfg.temperature, top_k=cfg.top_k,
+                       top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=cfg.seed * 7919 + step)
     t_gen = time.time() - t0
     texts = [tok.decode_response(ids) for ids in gen.tokens]
     scores = [task.score(problems[i // G], text) for i, text in enumerate(texts)]
@@ -176,18 +189,18 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
         mask &= ~truncated[rows].to(device)[:, None]
     adv = advantages[rows].to(device)
     model.train()
-    old_logp = token_logprobs(model, inputs, targets, cfg.micro_batch)  # pi_old = the sampling policy
-    ref_logp = token_logprobs(ref_model, inputs, targets, cfg.micro_batch) if cfg.beta > 0 else None
+    old_logp = token_logprobs(model, inputs, targets, cfg.micro_batch, precision)  # pi_old = the sampling policy
+    ref_logp = token_logprobs(ref_model, inputs, targets, cfg.micro_batch, precision) if cfg.beta > 0 else None
     n_rows, n_tokens = inputs.size(0), int(mask.sum())
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     stats_sum = {"clip_frac": 0.0, "kl": 0.0}
+    ratio_min, ratio_max, ratio_sum = float("inf"), float("-inf"), 0.0
     n_micro = 0
     t1 = time.time()
     batches = micro_batches(targets, cfg.micro_batch)
     for _ in range(cfg.mu):
         optimizer.zero_grad(set_to_none=True)
         for sl, T in batches:
-            with autocast:
+            with precision():
                 out = model(inputs[sl, :T], targets=targets[sl, :T], with_mtp=False)
             loss, stats = policy_loss(-out.token_loss.float(), old_logp[sl, :T], adv[sl], mask[sl, :T], cfg.eps_low,
                                       cfg.eps_high, cfg.beta, None if ref_logp is None else ref_logp[sl, :T],
@@ -200,10 +213,17 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
             for k in stats_sum:
                 stats_sum[k] += stats[k]
             n_micro += 1
+            ratio_min, ratio_max = min(ratio_min, stats["ratio_min"]), max(ratio_max, stats["ratio_max"])
+            ratio_sum += stats["ratio"]
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
         optimizer.step()
-        model.update_moe_biases()
+        if cfg.moe_bias_update:
+            model.update_moe_biases()
+        else:
+            for moe in model.moe_layers():
+                moe.load.zero_()
     metrics.update({k: v / n_micro for k, v in stats_sum.items()})
+    metrics.update(ratio=ratio_sum / n_micro, ratio_min=ratio_min, ratio_max=ratio_max)
     metrics.update(loss=loss.item(), grad_norm=grad_norm,
                    entropy=(-old_logp[mask]).mean().item() if mask.any() else 0.0,
                    train_tokens_per_s=n_tokens * cfg.mu / (time.time() - t1))
@@ -212,8 +232,7 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
 
 def train(cfg, on_step=None):
     cfg.check()
-    device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out_dir, exist_ok=True)
     resume_path = os.path.join(cfg.out_dir, "ckpt.pt")

@@ -33,6 +33,7 @@ loss_norm = "token"
 eps_low = 0.2
 eps_high = 0.28
 micro_batch = 128
+moe_bias_update = False  # routing biases frozen during RL, as DeepSeek-V3 froze them (gamma = 0) after pre-training
 eval_every = 10
 eval_problems = 500
 eval_samples = 4  # held-out accuracy = mean over 4 samples at temperature 1 (the policy as it samples)

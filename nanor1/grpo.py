@@ -56,7 +56,7 @@ def policy_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=0.2, bet
                 kl_kind="k3", norm="sequence", max_len=None):
     """The clipped surrogate (negated, to minimise) plus beta * KL.
     logp, old_logp, ref_logp: (N, T) log-probs of the sampled tokens; advantages: (N,); mask: (N, T).
-    -> loss (scalar), stats dict (floats): clip_frac, kl, ratio."""
+    -> loss (scalar), stats dict (floats): clip_frac, kl, ratio (mean), ratio_min, ratio_max over the mask."""
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None]
     unclipped = ratio * adv
@@ -72,5 +72,7 @@ def policy_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=0.2, bet
         is_clipped = (clipped < unclipped)[m]  # the min picked the clipped term
         stats = {"clip_frac": is_clipped.float().mean().item() if m.any() else 0.0,
                  "ratio": ratio[m].mean().item() if m.any() else 1.0,
+                 "ratio_min": ratio[m].min().item() if m.any() else 1.0,
+                 "ratio_max": ratio[m].max().item() if m.any() else 1.0,
                  "kl": kl[m].mean().item() if (kl is not None and m.any()) else 0.0}
     return loss, stats

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from nanor1 import kernels
+from nanor1.device import compute_dtype
 
 
 @dataclasses.dataclass
@@ -52,7 +53,7 @@ class ModelConfig:
     # which code runs the two hot spots: 'auto' (Triton on CUDA), 'triton', 'torch'
     attn_impl: str = "auto"
     loss_impl: str = "auto"
-    moe_impl: str = "auto"  # 'auto' (grouped matmul on CUDA bf16), 'loop' (one matmul per expert slice)
+    moe_impl: str = "auto"  # 'auto' (grouped matmul for bf16, i.e. under autocast), 'grouped', 'loop'
 
     def check(self):
         errors = []
@@ -266,20 +267,36 @@ class Gate(nn.Module):
 
 
 _grouped_mm_failed = False
+expert_path_used = {"grouped": 0, "loop": 0}  # how many expert matmuls took each path (the tests read it)
+
+
+def expert_path(x, impl):
+    """Which code runs the experts: 'grouped' (torch._grouped_mm, one kernel for all experts, as torchtitan does)
+    for bf16 inputs whose rows are 16-byte aligned, or 'loop' (one matmul per expert slice, any dtype)."""
+    if impl not in ("auto", "grouped", "loop"):
+        raise ValueError(f"model config key 'moe_impl' must be 'auto', 'grouped' or 'loop', got {impl!r}")
+    aligned = x.dtype == torch.bfloat16 and x.size(-1) % 8 == 0 and hasattr(torch, "_grouped_mm")
+    if impl == "grouped" or (impl == "auto" and aligned and not _grouped_mm_failed):
+        return "grouped"
+    return "loop"
 
 
 def expert_matmul(x, w, counts, sizes, impl):
     """Grouped matmul: rows of x are sorted by expert, counts[e] (= sizes[e], a list) of them for expert e;
-    row r of expert e becomes x[r] @ w[e].T.   x: (M, in)   w: (E, out, in)   -> (M, out)"""
+    row r of expert e becomes x[r] @ w[e].T.   x: (M, in)   w: (E, out, in), same dtype as x   -> (M, out)"""
     global _grouped_mm_failed
-    if impl == "auto" and x.is_cuda and x.dtype == torch.bfloat16 and not _grouped_mm_failed:
-        try:  # one kernel for all experts (torchtitan does the same)
+    if expert_path(x, impl) == "grouped":
+        try:
             offsets = counts.cumsum(0).to(torch.int32)
-            return torch._grouped_mm(x, w.transpose(-2, -1), offs=offsets)
+            out = torch._grouped_mm(x, w.transpose(-2, -1), offs=offsets)
+            expert_path_used["grouped"] += 1
+            return out
         except (RuntimeError, AttributeError) as e:
+            if impl == "grouped":
+                raise
             _grouped_mm_failed = True
             warnings.warn(f"torch._grouped_mm unavailable ({str(e)[:80]}); using one matmul per expert")
-    # one matmul per expert on its contiguous slice
+    expert_path_used["loop"] += 1
     return torch.cat([xe @ we.t() for xe, we in zip(x.split(sizes), w)])
 
 
@@ -301,33 +318,45 @@ class MoE(nn.Module):
         self.shared = MLP(D, cfg.n_shared_experts * I) if cfg.n_shared_experts else None
         self.register_buffer("load", torch.zeros(E))  # tokens per expert since the last bias update
 
-    def forward(self, x):
-        """x: (B, T, D) -> out (B, T, D), tokens per expert (E,), sequence-wise balance loss (scalar)."""
+    def forward(self, x, real=None):
+        """x: (B, T, D); real: (B, T) bool, the tokens that count for balancing (those with a training target:
+        not padding, not the prompt), None = all. -> out (B, T, D), real tokens per expert (E,), balance loss."""
         cfg, (B, T, D) = self.cfg, x.shape
         K, E = cfg.n_activated_experts, cfg.n_routed_experts
         flat = x.reshape(B * T, D)
         weights, experts, scores = self.gate(flat)  # (N, K), (N, K), (N, E)
-        counts = torch.bincount(experts.flatten(), minlength=E)  # (E,)
+        counts = torch.bincount(experts.flatten(), minlength=E)  # (E,) every token: the dispatch needs them all
         order = experts.flatten().argsort(stable=True)  # pair index, sorted by expert
         token = order // K  # the token of each sorted pair
         sizes = counts.tolist()  # (one host sync per layer)
-        xs = flat[token]  # (N*K, D)
-        hidden = F.silu(expert_matmul(xs, self.w1, counts, sizes, cfg.moe_impl)) \
-            * expert_matmul(xs, self.w3, counts, sizes, cfg.moe_impl)
-        ys = expert_matmul(hidden, self.w2, counts, sizes, cfg.moe_impl) * weights.flatten()[order, None]
-        out = torch.zeros_like(flat).index_add_(0, token, ys)
+        # Under autocast, cast explicitly: autocast does not cover torch._grouped_mm, and all three expert
+        # matmuls must see one dtype for the grouped path (the one that runs on the GPU) to be taken.
+        dtype = compute_dtype(x.device.type, x.dtype)
+        xs = flat[token].to(dtype)  # (N*K, D)
+        w1, w3, w2 = self.w1.to(dtype), self.w3.to(dtype), self.w2.to(dtype)
+        hidden = F.silu(expert_matmul(xs, w1, counts, sizes, cfg.moe_impl)) \
+            * expert_matmul(xs, w3, counts, sizes, cfg.moe_impl)
+        ys = expert_matmul(hidden, w2, counts, sizes, cfg.moe_impl) * weights.flatten()[order, None].to(dtype)
+        out = torch.zeros_like(flat).index_add_(0, token, ys.to(flat.dtype))
         if self.shared is not None:
             out = out + self.shared(flat)
-        if self.training:
-            self.load += counts.detach().float()
+        real = torch.ones(B, T, dtype=torch.bool, device=x.device) if real is None else real
+        real_counts = torch.bincount(experts[real.reshape(-1)].flatten(), minlength=E)  # (E,)
+        if self.training and torch.is_grad_enabled():  # a training forward (not GRPO's no-grad log-prob passes)
+            self.load += real_counts.detach().float()
         aux = x.new_zeros((), dtype=torch.float32)
         if self.training and cfg.seq_aux_alpha > 0:
-            # Sequence-wise balance loss (V3 eqs. 17-20): alpha * sum_i f_i P_i, per sequence, averaged.
+            # Sequence-wise balance loss (V3 eqs. 17-20): alpha * sum_i f_i P_i per sequence, over its real
+            # tokens only, averaged over the sequences that have any.
+            m = real.float()  # (B, T)
+            n_real = m.sum(1)  # (B,)
             chosen = torch.zeros(B, T, E, device=x.device).scatter_(2, experts.view(B, T, K), 1.0)
-            f = chosen.sum(1) * E / (K * T)  # (B, E)
-            p = (scores / scores.sum(-1, keepdim=True)).view(B, T, E).mean(1)  # (B, E)
-            aux = cfg.seq_aux_alpha * (f * p).sum(-1).mean()
-        return out.view(B, T, D), counts, aux
+            f = (chosen * m[:, :, None]).sum(1) * E / (K * n_real.clamp(min=1)[:, None])  # (B, E)
+            p = ((scores / scores.sum(-1, keepdim=True)).view(B, T, E) * m[:, :, None]).sum(1) \
+                / n_real.clamp(min=1)[:, None]  # (B, E)
+            per_seq = (f * p).sum(-1)  # (B,)
+            aux = cfg.seq_aux_alpha * (per_seq * (n_real > 0)).sum() / (n_real > 0).sum().clamp(min=1)
+        return out.view(B, T, D), real_counts, aux
 
     @torch.no_grad()
     def update_bias(self):
@@ -350,11 +379,11 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn = MoE(cfg) if use_moe else MLP(cfg.dim, cfg.inter_dim)
 
-    def forward(self, x, cos, sin, start, cache, layer, slot=0):
-        """-> x, tokens per expert (or None for a dense block), balance loss."""
+    def forward(self, x, cos, sin, start, cache, layer, slot=0, real=None):
+        """-> x, real tokens per expert (or None for a dense block), balance loss."""
         x = x + self.attn(self.attn_norm(x), cos, sin, start, cache, layer, slot)
         if isinstance(self.ffn, MoE):
-            y, load, aux = self.ffn(self.ffn_norm(x))
+            y, load, aux = self.ffn(self.ffn_norm(x), real)
             return x + y, load, aux
         return x + self.ffn(self.ffn_norm(x)), None, 0.0
 
@@ -370,9 +399,9 @@ class MTPModule(nn.Module):
         self.proj = nn.Linear(2 * cfg.dim, cfg.dim, bias=False)  # M_k
         self.block = Block(cfg, use_moe=cfg.n_routed_experts > 0 and cfg.n_dense_layers < cfg.n_layers)
 
-    def forward(self, hidden, next_embed, cos, sin, start, cache, layer, slot=0):
+    def forward(self, hidden, next_embed, cos, sin, start, cache, layer, slot=0, real=None):
         h = self.proj(torch.cat([self.hidden_norm(hidden), self.embed_norm(next_embed)], dim=-1))
-        return self.block(h, cos, sin, start, cache, layer, slot)
+        return self.block(h, cos, sin, start, cache, layer, slot, real)
 
 
 @dataclasses.dataclass
@@ -442,11 +471,17 @@ class GPT(nn.Module):
             positions = (torch.arange(T, device=idx.device)[None, :] - start[:, None]).clamp(min=0)
             start = start if bool(start.any()) else None  # no padding: the kernel can skip the mask
         cos, sin = self._rope(positions)
+        # The tokens that count for MoE balancing: those with a target, never left padding (None = all).
+        real = None
+        if targets is not None:
+            real = targets != -100
+            if start is not None:
+                real &= torch.arange(T, device=idx.device)[None, :] >= start[:, None]
 
         x = self.embed(idx)
         loads, aux = [], x.new_zeros((), dtype=torch.float32)
         for layer, block in enumerate(self.layers):
-            x, load, block_aux = block(x, cos, sin, start, cache, layer, slot)
+            x, load, block_aux = block(x, cos, sin, start, cache, layer, slot, real)
             aux = aux + block_aux
             if load is not None:
                 loads.append(load)
@@ -465,12 +500,15 @@ class GPT(nn.Module):
             for k, module in enumerate(self.mtp if with_mtp else [], start=1):
                 if T - k <= 0:
                     break
+                mtp_targets = targets[:, k:]
+                if start is not None:  # a left-padding position i predicts nothing, even where t_{i+k+1} is real
+                    mtp_targets = mtp_targets.masked_fill(
+                        torch.arange(T - k, device=idx.device)[None, :] < start[:, None], -100)
                 h, load, block_aux = module(h[:, :T - k], self.embed(idx[:, k:]), cos[:, :T - k], sin[:, :T - k],
-                                            start, None, cfg.n_layers + k - 1)
+                                            start, None, cfg.n_layers + k - 1, real=mtp_targets != -100)
                 aux = aux + block_aux
                 if load is not None:
                     loads.append(load)
-                mtp_targets = targets[:, k:]
                 mtp_loss = self._token_loss(h, mtp_targets)
                 mtp_sum = mtp_sum + mtp_loss.sum() / (mtp_targets != -100).sum().clamp(min=1)
             losses["mtp"] = cfg.mtp_lambda / max(cfg.mtp_depth, 1) * mtp_sum

@@ -22,6 +22,7 @@ from nanor1 import checkpoint
 from nanor1.config import ConfigError, config_to_dict, load_config
 from nanor1.evaluate import complete, majority_answer, summarize
 from nanor1.plotting import plot_metrics
+from nanor1.device import autocast, pick_device
 from nanor1.sft import SFTConfig, make_tasks, train as train_sft
 from nanor1.tasks.verify import VerifyError, evaluate, parse_response
 
@@ -283,8 +284,9 @@ def run_round(cfg, round_idx, model, tok, tasks):
         counts[f"{name}/prompt_dedup_exact"], counts[f"{name}/prompt_dedup_near"] = removed["exact"], removed["near"]
         problems = [problems[i] for i in kept_idx
                     if len(tok.render_prompt(task.prompt(problems[i]))) <= cfg.max_prompt_tokens]
-        results = complete(model, tok, task, problems, n=cfg.n_samples, temperature=cfg.temperature,
-                           max_new_tokens=cfg.max_new_tokens, batch_size=256, seed=cfg.seed + round_idx)
+        with precision(model, cfg):
+            results = complete(model, tok, task, problems, n=cfg.n_samples, temperature=cfg.temperature,
+                               max_new_tokens=cfg.max_new_tokens, batch_size=256, seed=cfg.seed + round_idx)
         for samples in results:
             for j, sample in enumerate(samples):
                 sample["index"] = j  # provenance
@@ -314,15 +316,21 @@ def run_round(cfg, round_idx, model, tok, tasks):
     return path, dict(counts)
 
 
+def precision(model, cfg):
+    """Sampling runs in the precision the fine-tunes train in (cfg.sft.dtype: bf16 autocast on CUDA by default)."""
+    return autocast(next(model.parameters()).device, cfg.sft.dtype)
+
+
 def evaluate_heldout(model, tok, tasks, cfg):
     out = {}
     for task in tasks:
         problems = task.problems("test", cfg.eval_problems, 1234)
-        s = summarize(complete(model, tok, task, problems, n=cfg.n_samples, temperature=cfg.temperature,
-                               max_new_tokens=cfg.max_new_tokens, batch_size=256, seed=99),
-                      ks=(1, cfg.n_samples))
-        greedy = summarize(complete(model, tok, task, problems, n=1, temperature=0.0,
-                                    max_new_tokens=cfg.max_new_tokens, batch_size=256))
+        with precision(model, cfg):
+            s = summarize(complete(model, tok, task, problems, n=cfg.n_samples, temperature=cfg.temperature,
+                                   max_new_tokens=cfg.max_new_tokens, batch_size=256, seed=99),
+                          ks=(1, cfg.n_samples))
+            greedy = summarize(complete(model, tok, task, problems, n=1, temperature=0.0,
+                                        max_new_tokens=cfg.max_new_tokens, batch_size=256))
         out.update({f"{task.name}/greedy_acc": greedy["pass@1"], f"{task.name}/pass@1": s["pass@1"],
                     f"{task.name}/pass@{cfg.n_samples}": s[f"pass@{cfg.n_samples}"],
                     f"{task.name}/majority": s["majority"], f"{task.name}/length": s["mean_length"]})
@@ -338,7 +346,7 @@ def run(cfg):
     start = cfg.init_from or os.path.join(cfg.sft.out_dir, "ckpt.pt")
     if not cfg.init_from and not os.path.exists(start):
         train_sft(cfg.sft)
-    model, tok, _ = checkpoint.load_model(start)
+    model, tok, _ = checkpoint.load_model(start, pick_device(cfg.sft.device))
     tasks = make_tasks(cfg.sft, list(cfg.tasks))
     log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     with open(log_path, "w") as f:

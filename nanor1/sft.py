@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from nanor1 import checkpoint
 from nanor1.config import config_from_dict, config_to_dict
+from nanor1.device import autocast, pick_device
 from nanor1.evaluate import complete, summarize, task_traits
 from nanor1.jsonl import read_jsonl
 from nanor1.model import GPT, ModelConfig
@@ -34,7 +35,8 @@ class SFTConfig:
     init_from: str = ""  # a checkpoint (file or out dir) to start from; "" = random initialisation
     resume: bool = False  # continue out_dir/ckpt.pt where it stopped (model, optimizer, step, RNG)
     seed: int = 0
-    device: str = "auto"  # 'auto' = cuda if available
+    device: str = "auto"  # 'auto': cuda, else mps, else cpu
+    dtype: str = "auto"  # 'auto' (bf16 autocast on CUDA, else fp32), 'bf16' (autocast on any device), 'fp32'
     compile: bool = False  # torch.compile the model
     # data: a weighted mix of tasks, or a JSONL file of {"prompt", "response"} lines (rejection sampling)
     tasks: dict[str, float] = dataclasses.field(default_factory=lambda: {"arithmetic": 1.0})
@@ -160,14 +162,14 @@ def make_optimizer(model, cfg, device):
 def setup_distributed(cfg):
     """torchrun sets RANK/WORLD_SIZE: -> (rank, world, device)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    want_cuda = pick_device(cfg.device).type == "cuda"
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if want_cuda else "gloo")
     if want_cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
     else:
-        device = torch.device(cfg.device if cfg.device not in ("auto",) else "cpu")
+        device = pick_device(cfg.device)
     return rank, world, device
 
 
@@ -193,11 +195,14 @@ def evaluate_tasks(model, tok, tasks, cfg, seed=1234):
     """Held-out pass@1 (greedy, or the mean over eval_samples sampled completions) and mean response length
     per task -> {"eval/<task>/acc": ..., "eval/<task>/len": ...}."""
     out = {}
+    device = next(model.parameters()).device
     for task in tasks:
         problems = task.problems("test", cfg.eval_problems, seed)
-        summary = summarize(complete(model, tok, task, problems, n=cfg.eval_samples, temperature=cfg.eval_temperature,
-                                     max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
-                                     seed=seed))
+        with autocast(device, cfg.dtype):  # evaluate in the precision the run trains in
+            results = complete(model, tok, task, problems, n=cfg.eval_samples, temperature=cfg.eval_temperature,
+                               max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
+                               seed=seed)
+        summary = summarize(results)
         out[f"eval/{task.name}/acc"] = summary["pass@1"]
         out[f"eval/{task.name}/len"] = summary["mean_length"]
         for key in task_traits(task, ""):  # e.g. Countdown's gave_up: how often the policy gives up
@@ -257,7 +262,7 @@ def train(cfg, on_step=None):
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
     if cfg.compile:
         train_model = torch.compile(train_model)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    precision = autocast(device, cfg.dtype)  # bf16 autocast on CUDA by default; fp32 params, grads, optimizer
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ValueError(f"batch_size={cfg.batch_size} must be divisible by world size {world} x "
                          f"grad_accum {cfg.grad_accum}")
@@ -287,7 +292,7 @@ def train(cfg, on_step=None):
                 tokens_since += int((targets != -100).sum()) * world
                 last_micro = a == cfg.grad_accum - 1  # DDP all-reduces gradients only on the last micro-step
                 ctx = train_model.no_sync() if (world > 1 and not last_micro) else contextlib.nullcontext()
-                with ctx, autocast:
+                with ctx, precision:
                     out = train_model(inputs, targets=targets)
                     (out.loss / cfg.grad_accum).backward()
                 for key in ("main", "mtp", "aux"):

@@ -14,26 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from nanor1.bench import attention_flops, timer_ms
 from nanor1.kernels.attention import flash_mla_attention
 from nanor1.kernels.cross_entropy import fused_linear_cross_entropy
 
 
 def bench_ms(fn, reps=20):
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
-
-
-def attention_flops(B, H, T, dqk, dv, backward):
-    causal_pairs = B * H * T * T / 2
-    fwd = 2 * causal_pairs * (dqk + dv)
-    return fwd * (3.5 if backward else 1.0)  # backward ~2.5x forward (FA2 convention)
+    return timer_ms(fn, reps)
 
 
 def sdpa_backend_name(q, k, v):

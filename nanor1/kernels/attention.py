@@ -230,6 +230,10 @@ class _FlashMLAAttention(torch.autograd.Function):
             raise ValueError(f"flash_mla_attention: shapes q_nope {tuple(q_nope.shape)}, q_rope "
                              f"{tuple(q_rope.shape)}, k_nope {tuple(k_nope.shape)}, k_rope {tuple(k_rope.shape)}, "
                              f"v {tuple(v.shape)} do not fit (B,H,T,dn) (B,H,T,dr) (B,H,T,dn) (B,T,dr) (B,H,T,dv)")
+        dtypes = [t.dtype for t in (q_nope, q_rope, k_nope, k_rope, v)]
+        if len(set(dtypes)) > 1:  # the compiled kernel's dots need one dtype (the interpreter's upcast hides it)
+            raise ValueError("flash_mla_attention: q_nope, q_rope, k_nope, k_rope, v must share one dtype, got "
+                             + ", ".join(str(d).replace("torch.", "") for d in dtypes))
         cfg = block_config(DN, DR, DV, q_nope.dtype)
         has_start = start is not None
         start_t = start.to(device=q_nope.device, dtype=torch.int32).contiguous() if has_start else \

@@ -8,7 +8,10 @@ about the size of the hidden states).
   backward: per chunk, recompute the logits, a Triton program per row overwrites them in place with
             dlogits = (softmax - onehot(target)) * grad_loss[row], then dh = dlogits W and dW += dlogits^T h.
 Per-token outputs (not a mean) because GRPO weights every token by its own advantage; -loss is the
-target's log-prob, so GRPO's ratio and KL use this same kernel. Ignored rows give 0 loss and 0 gradient.
+target's log-prob, so GRPO's ratio and KL use this same kernel. Ignored rows (prompt, padding: often most of
+a GRPO batch) are dropped before the GEMMs and give 0 loss and 0 gradient; dW accumulates in fp32.
+Mixed precision: under autocast the GEMMs run in bf16 on bf16 copies of h and W that the backward reuses, so
+the recomputed logits match the saved LSE wherever .backward() is called (see _FusedLinearCrossEntropy).
 
 Reference: kernels/reference.py::linear_cross_entropy. Tests: tests/test_kernels.py.
 """
@@ -17,6 +20,8 @@ import os
 import torch
 import triton
 import triton.language as tl
+
+from nanor1.device import compute_dtype
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -64,10 +69,41 @@ def _block_v(V):
 
 def chunk_rows(N, V, D):
     """Rows per chunk: logits of a chunk about as large as the hidden states (Liger's rule), a power of 2."""
-    return min(triton.next_power_of_2(N), max(16, triton.next_power_of_2(triton.cdiv(N, triton.cdiv(V, D)))))
+    return min(triton.next_power_of_2(max(N, 1)), max(16, triton.next_power_of_2(triton.cdiv(N, triton.cdiv(V, D)))))
+
+
+_fp32_out_matmul = {"ok": None}  # does this build accumulate a bf16 matmul straight into fp32 (addmm out_dtype)?
+
+
+def _accumulate_fp32(acc, a, b):
+    """acc (fp32) += a @ b without rounding the product to a's dtype and without a temporary copy of acc's size.
+    CUDA builds of torch >= 2.8 have addmm with out_dtype (bf16 inputs, fp32 output, one GEMM); elsewhere the
+    inputs are upcast and the GEMM runs in fp32 (same numbers, slower)."""
+    if a.dtype != torch.float32 and a.is_cuda and _fp32_out_matmul["ok"] is not False:
+        try:
+            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+            _fp32_out_matmul["ok"] = True
+            return acc
+        except (TypeError, RuntimeError, NotImplementedError):
+            _fp32_out_matmul["ok"] = False
+    return acc.addmm_(a.float(), b.float())
+
+
+def _check_targets(targets, V, ignore_index):
+    """Targets must be class ids in [0, V) or ignore_index: a GPU kernel would read out of bounds otherwise."""
+    real = targets[targets != ignore_index]
+    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= V):
+        bad = real[(real < 0) | (real >= V)][0].item()
+        raise ValueError(f"fused_linear_cross_entropy: target {bad} is outside [0, {V}) and is not "
+                         f"ignore_index={ignore_index}")
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Mixed precision: the matmuls run in the dtype autocast gives them at forward time (bf16 on the GPU), and the
+    backward recomputes the logits from the SAME low-precision copies of hidden and weight that the forward saved,
+    so exp(logit - lse) sums to 1 whether .backward() is called inside autocast or not. Only the rows whose target
+    is not ignored (GRPO: the response tokens; SFT: not the prompt, not the padding) enter the GEMMs."""
+
     @staticmethod
     def forward(ctx, hidden, weight, targets, ignore_index, chunk):
         N, D = hidden.shape
@@ -75,37 +111,47 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         if weight.shape[1] != D or targets.shape != (N,):
             raise ValueError(f"fused_linear_cross_entropy: hidden {tuple(hidden.shape)}, weight "
                              f"{tuple(weight.shape)}, targets {tuple(targets.shape)} do not fit (N,D) (V,D) (N,)")
-        hidden, targets = hidden.contiguous(), targets.contiguous()
-        loss = torch.empty(N, dtype=torch.float32, device=hidden.device)
-        lse = torch.empty(N, dtype=torch.float32, device=hidden.device)
-        chunk = chunk or chunk_rows(N, V, D)
-        for r0 in range(0, N, chunk):
-            rows = slice(r0, min(r0 + chunk, N))
-            logits = hidden[rows] @ weight.t()  # (chunk, V), the only logits that exist at a time
-            _ce_fwd[(logits.shape[0],)](logits, targets[rows], loss[rows], lse[rows], logits.stride(0), V,
-                                        ignore_index, BLOCK_V=_block_v(V))
-        ctx.save_for_backward(hidden, weight, targets, lse)
+        _check_targets(targets, V, ignore_index)
+        dtype = compute_dtype(hidden.device.type, torch.promote_types(hidden.dtype, weight.dtype))
+        rows = (targets != ignore_index).nonzero()[:, 0]  # (n,) the rows that have a loss
+        h = hidden.index_select(0, rows).to(dtype).contiguous()  # (n, D), compute dtype
+        w = weight.to(dtype)  # (V, D); under autocast a bf16 copy, saved so the backward sees the same numbers
+        t = targets.index_select(0, rows).contiguous()
+        loss = torch.zeros(N, dtype=torch.float32, device=hidden.device)
+        loss_rows = torch.empty(rows.numel(), dtype=torch.float32, device=hidden.device)
+        lse = torch.empty(rows.numel(), dtype=torch.float32, device=hidden.device)
+        chunk = chunk or chunk_rows(rows.numel(), V, D)
+        with torch.autocast(hidden.device.type, enabled=False):
+            for r0 in range(0, rows.numel(), chunk):
+                part = slice(r0, min(r0 + chunk, rows.numel()))
+                logits = h[part] @ w.t()  # (chunk, V), the only logits that exist at a time
+                _ce_fwd[(logits.shape[0],)](logits, t[part], loss_rows[part], lse[part], logits.stride(0), V,
+                                            ignore_index, BLOCK_V=_block_v(V))
+        loss.index_copy_(0, rows, loss_rows)
+        ctx.save_for_backward(h, w, t, lse, rows)
         ctx.ignore_index, ctx.chunk = ignore_index, chunk
+        ctx.hidden_shape, ctx.hidden_dtype, ctx.weight_dtype = hidden.shape, hidden.dtype, weight.dtype
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        hidden, weight, targets, lse = ctx.saved_tensors
-        N, V = hidden.shape[0], weight.shape[0]
-        grad_loss = grad_loss.float().contiguous()
-        d_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
-            if ctx.needs_input_grad[1] else None
-        for r0 in range(0, N, ctx.chunk):
-            rows = slice(r0, min(r0 + ctx.chunk, N))
-            logits = hidden[rows] @ weight.t()  # recomputed rather than stored
-            _ce_bwd[(logits.shape[0],)](logits, targets[rows], lse[rows], grad_loss[rows], logits.stride(0), V,
-                                        ctx.ignore_index, BLOCK_V=_block_v(V))
-            if d_hidden is not None:
-                d_hidden[rows] = logits @ weight
-            if d_weight is not None:
-                d_weight += (logits.t() @ hidden[rows]).float()
-        return d_hidden, (d_weight.to(weight.dtype) if d_weight is not None else None), None, None, None
+        h, w, t, lse, rows = ctx.saved_tensors
+        n, V = h.shape[0], w.shape[0]
+        g = grad_loss.float().index_select(0, rows).contiguous()  # (n,)
+        d_hidden = torch.zeros(ctx.hidden_shape, dtype=ctx.hidden_dtype, device=h.device) \
+            if ctx.needs_input_grad[0] else None
+        d_weight = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if ctx.needs_input_grad[1] else None
+        with torch.autocast(h.device.type, enabled=False):
+            for r0 in range(0, n, ctx.chunk):
+                part = slice(r0, min(r0 + ctx.chunk, n))
+                logits = h[part] @ w.t()  # recomputed from the forward's own copies, rather than stored
+                _ce_bwd[(logits.shape[0],)](logits, t[part], lse[part], g[part], logits.stride(0), V,
+                                            ctx.ignore_index, BLOCK_V=_block_v(V))  # logits <- dlogits in place
+                if d_hidden is not None:
+                    d_hidden.index_copy_(0, rows[part], (logits @ w).to(ctx.hidden_dtype))
+                if d_weight is not None:
+                    _accumulate_fp32(d_weight, logits.t(), h[part])  # dW += dlogits^T h, in fp32
+        return d_hidden, (d_weight.to(ctx.weight_dtype) if d_weight is not None else None), None, None, None
 
 
 def fused_linear_cross_entropy(hidden, weight, targets, ignore_index=-100, chunk=None):
