@@ -2,6 +2,7 @@
 
     python train_grpo.py configs/countdown.py [--key=value ...]
     python train_grpo.py configs/countdown.py --resume=true
+    python train_grpo.py --help                               # every config key, its default and meaning
 
 If the cold-start checkpoint is missing, the SFT stage configured under `sft` runs first (it trains the
 tokenizer too); each stage resumes from its own checkpoint in out/. Each GRPO step:
@@ -16,77 +17,78 @@ import contextlib
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import torch
 from tqdm import tqdm
 
 from nanor1 import checkpoint
-from nanor1.config import ConfigError, config_to_dict, load_config
+from nanor1.cli import main
+from nanor1.config import ConfigError, config_to_dict
 from nanor1.device import DTYPES, autocast, pick_device
 from nanor1.engine import generate
-from nanor1.evaluate import task_traits
+from nanor1.evaluate import evaluate_tasks, task_traits
 from nanor1.grpo import LOSS_NORMS, group_advantages, policy_loss
+from nanor1.model import make_optimizer
 from nanor1.plotting import plot_metrics
-from nanor1.sft import SFTConfig, evaluate_tasks, make_optimizer, make_tasks, train as train_sft
-from nanor1.tasks import ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards
+from nanor1.sft import SFTConfig, train as train_sft
+from nanor1.tasks import ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards, make_tasks
 
 
 @dataclasses.dataclass
 class GRPOConfig:
-    out_dir: str = "out/grpo"
+    out_dir: str = "out/grpo"  # where ckpt.pt, metrics.jsonl and grpo.png go
     init_from: str = ""  # a checkpoint to start from; "" = sft.out_dir, trained there first if missing
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)  # the cold start
-    resume: bool = False
-    seed: int = 0
+    resume: bool = False  # continue out_dir/ckpt.pt where it stopped
+    seed: int = 0  # prompts, sampling and initialisation
     device: str = "auto"  # 'auto': cuda, else mps, else cpu
     dtype: str = "auto"  # 'auto' (bf16 autocast on CUDA, else fp32), 'bf16' (autocast on any device), 'fp32'
-    task: str = "countdown"
-    arithmetic: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
-    countdown: CountdownConfig = dataclasses.field(default_factory=CountdownConfig)
+    task: str = "countdown"  # arithmetic, countdown or gsm8k
+    arithmetic: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)  # arithmetic task settings
+    countdown: CountdownConfig = dataclasses.field(default_factory=CountdownConfig)  # Countdown task settings
     gsm8k: GSM8KConfig = dataclasses.field(default_factory=GSM8KConfig)
-    rewards: Rewards = dataclasses.field(default_factory=Rewards)
+    rewards: Rewards = dataclasses.field(default_factory=Rewards)  # reward values: none / format / correct
     # sampling
-    steps: int = 200
+    steps: int = 200  # GRPO steps
     prompts_per_step: int = 16  # B
     group_size: int = 8  # G
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
+    max_new_tokens: int = 256  # longest response; longer ones are truncated
+    temperature: float = 1.0  # sampling temperature (must be 1: the ratio needs pi itself)
+    top_k: int = 0  # must be 0 in GRPO (a filtered sampler is not pi)
+    top_p: float = 1.0  # must be 1 in GRPO (a filtered sampler is not pi)
     # objective
     mu: int = 1  # policy updates per batch (GRPO's inner iterations)
-    eps_low: float = 0.2
+    eps_low: float = 0.2  # clip range below 1 (GRPO eq. 3)
     eps_high: float = 0.28  # clip-higher (DAPO); set equal to eps_low for the original GRPO
     beta: float = 0.0  # KL weight; 0 needs no reference model
-    kl_estimator: str = "k3"
+    kl_estimator: str = "k3"  # k1, k2 or k3 (Schulman 2020; GRPO uses k3)
     loss_norm: str = "token"  # 'sequence' (GRPO), 'token' (DAPO), 'constant' (Dr. GRPO)
     scale_adv_by_std: bool = True  # False: Dr. GRPO's mean-only advantage
     dynamic_sampling: bool = False  # drop groups whose rewards are all equal
     mask_truncated: bool = True  # responses cut at max_new_tokens get no loss
     # optimisation
-    lr: float = 1e-4
-    warmup_steps: int = 5
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
+    lr: float = 1e-4  # learning rate (AdamW)
+    warmup_steps: int = 5  # linear warmup steps
+    weight_decay: float = 0.0  # AdamW weight decay (matrices only)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.99  # AdamW beta2
+    grad_clip: float = 1.0  # max gradient norm
     micro_batch: int = 64  # sequences per forward in the update
     # MoE aux-loss-free balancing during GRPO. Off: DeepSeek-V3 sets the bias update speed gamma to 0 for the
     # end of pre-training (sec. 4.2), and a policy-gradient batch (G samples of B prompts) is a narrow, skewed
     # sample of the data, so balancing on it would move routing for reasons unrelated to the reward.
-    moe_bias_update: bool = False
+    moe_bias_update: bool = False  # update the MoE routing bias during GRPO (see the comment above)
     # logging
-    log_every: int = 1
-    eval_every: int = 20
-    eval_problems: int = 200
-    eval_max_new_tokens: int = 256
-    eval_batch_size: int = 64
+    log_every: int = 1  # steps between metrics.jsonl rows
+    eval_every: int = 20  # steps between held-out evaluations
+    eval_problems: int = 200  # held-out problems (distinct, drawn without replacement)
+    eval_max_new_tokens: int = 256  # token budget of each held-out answer
+    eval_batch_size: int = 64  # sequences per sampling batch in evaluation
     eval_samples: int = 1  # completions per held-out problem; accuracy is their mean (pass@1)
     eval_temperature: float = 0.0  # 0: greedy; 1.0: the policy as it samples (R1 reports sampled pass@1)
-    save_every: int = 50
-    progress: bool = True
+    save_every: int = 50  # steps between checkpoints
+    progress: bool = True  # tqdm progress bars
 
     def check(self):
         if self.loss_norm not in LOSS_NORMS:
@@ -296,8 +298,4 @@ def save(cfg, model, optimizer, step, tok, cold):
 
 
 if __name__ == "__main__":
-    try:
-        config = load_config(GRPOConfig, sys.argv[1:]).check()
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
-    train(config)
+    main(GRPOConfig, train, __doc__)

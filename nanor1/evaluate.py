@@ -1,14 +1,16 @@
 """Evaluation: sample completions for task problems and score them.
 
 pass@k uses the unbiased estimator of Chen et al. 2021 (Codex, eq. 1): 1 - C(n-c, k) / C(n, k) for n samples
-of which c are correct. Majority vote (self-consistency, Wang et al. 2022) takes the most common parsed
-answer among the n samples (ties: the first seen) and scores it.
+of which c are correct. Majority vote (self-consistency, Wang et al. 2022) takes the most common answer among
+the n samples by the task's vote key (a number's value, a Countdown expression's value; ties: the first seen)
+and scores it.
 """
 import collections
 import math
 
 from tqdm import tqdm
 
+from nanor1.device import autocast
 from nanor1.engine import generate
 
 
@@ -16,6 +18,13 @@ def pass_at_k(n, c, k):
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def task_vote(task, answer):
+    """The key an answer votes with (task.vote_key: equal values pool), or the answer text itself."""
+    if answer is None:
+        return None
+    return task.vote_key(answer) if hasattr(task, "vote_key") else answer
 
 
 def task_traits(task, text):
@@ -38,17 +47,21 @@ def complete(model, tok, task, problems, n=1, temperature=0.0, max_new_tokens=12
             samples = []
             for r in range(j * n, (j + 1) * n):
                 text = tok.decode_response(gen.tokens[r])
-                samples.append({"text": text, "ids": gen.tokens[r], "score": task.score(problem, text),
-                                "finished": gen.finished[r],
-                                "traits": task_traits(task, text)})
+                score = task.score(problem, text)
+                samples.append({"text": text, "ids": gen.tokens[r], "score": score, "finished": gen.finished[r],
+                                "vote": task_vote(task, score.answer), "traits": task_traits(task, text)})
             results.append(samples)
     return results
 
 
+def vote_of(sample):
+    return sample.get("vote", sample["score"].answer)
+
+
 def majority_answer(samples):
-    """The most common parsed answer among samples (ties: the first seen), or None if none parsed."""
-    answers = [s["score"].answer for s in samples if s["score"].answer is not None]
-    return collections.Counter(answers).most_common(1)[0][0] if answers else None
+    """The most common vote among the samples with a parsed answer (ties: the first seen), or None if none."""
+    votes = [vote_of(s) for s in samples if s["score"].answer is not None]
+    return collections.Counter(votes).most_common(1)[0][0] if votes else None
 
 
 def summarize(results, ks=(1,)):
@@ -63,7 +76,7 @@ def summarize(results, ks=(1,)):
     for samples in results:
         top = majority_answer(samples)
         if top is not None:
-            majority += next(s for s in samples if s["score"].answer == top)["score"].correct
+            majority += next(s for s in samples if s["score"].answer is not None and vote_of(s) == top)["score"].correct
     out["majority"] = majority / len(results)
     flat = [s for r in results for s in r]
     out["mean_length"] = sum(len(s["ids"]) for s in flat) / len(flat)
@@ -71,4 +84,23 @@ def summarize(results, ks=(1,)):
     out["format"] = sum(s["score"].answer is not None for s in flat) / len(flat)
     for key in flat[0].get("traits", {}):  # the task's own behaviour measures, e.g. Countdown's gave_up
         out[key] = sum(s["traits"][key] for s in flat) / len(flat)
+    return out
+
+
+def evaluate_tasks(model, tok, tasks, cfg, seed=1234):
+    """Held-out pass@1 (greedy, or the mean over eval_samples sampled completions) and mean response length
+    per task -> {"eval/<task>/acc": ..., "eval/<task>/len": ...}."""
+    out = {}
+    device = next(model.parameters()).device
+    for task in tasks:
+        problems = task.problems("test", cfg.eval_problems, seed)
+        with autocast(device, cfg.dtype):  # evaluate in the precision the run trains in
+            results = complete(model, tok, task, problems, n=cfg.eval_samples, temperature=cfg.eval_temperature,
+                               max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
+                               seed=seed)
+        summary = summarize(results)
+        out[f"eval/{task.name}/acc"] = summary["pass@1"]
+        out[f"eval/{task.name}/len"] = summary["mean_length"]
+        for key in task_traits(task, ""):  # e.g. Countdown's gave_up: how often the policy gives up
+            out[f"eval/{task.name}/{key}"] = summary[key]
     return out

@@ -22,37 +22,37 @@ from nanor1.device import compute_dtype
 
 @dataclasses.dataclass
 class ModelConfig:
-    vocab_size: int = 4096
-    dim: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
-    max_seq_len: int = 1024
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-6
+    vocab_size: int = 4096  # set from the tokenizer by the SFT loop
+    dim: int = 256  # residual stream width
+    n_layers: int = 4  # transformer blocks
+    n_heads: int = 4  # attention heads
+    max_seq_len: int = 1024  # longest sequence (RoPE table, KV cache)
+    rope_theta: float = 10000.0  # RoPE base
+    norm_eps: float = 1e-6  # RMSNorm epsilon
     # Multi-head Latent Attention
     q_lora_rank: int = 0  # 0: a plain query projection
-    kv_lora_rank: int = 64
-    qk_nope_head_dim: int = 32
-    qk_rope_head_dim: int = 16
-    v_head_dim: int = 32
+    kv_lora_rank: int = 64  # MLA latent width C: what the KV cache stores
+    qk_nope_head_dim: int = 32  # per-head query/key dims without position
+    qk_rope_head_dim: int = 16  # per-head query/key dims with RoPE (the key part shared by heads)
+    v_head_dim: int = 32  # per-head value dims
     # feed-forward: dense MLP in the first layers, Mixture-of-Experts after
-    n_dense_layers: int = 1
+    n_dense_layers: int = 1  # first layers with a dense MLP instead of MoE
     inter_dim: int = 512  # dense MLP width
-    n_routed_experts: int = 8
-    n_shared_experts: int = 1
-    n_activated_experts: int = 2
-    n_expert_groups: int = 1
-    n_limited_groups: int = 1
-    moe_inter_dim: int = 128
-    route_scale: float = 1.0
+    n_routed_experts: int = 8  # routed experts per MoE layer (0: dense model)
+    n_shared_experts: int = 1  # always-on experts
+    n_activated_experts: int = 2  # routed experts per token (top-K)
+    n_expert_groups: int = 1  # expert groups for group-limited routing
+    n_limited_groups: int = 1  # groups a token may route to
+    moe_inter_dim: int = 128  # each expert's hidden width
+    route_scale: float = 1.0  # routing weights are scaled by this
     bias_update_speed: float = 1e-3  # gamma of aux-loss-free balancing (V3 sec. 2.1.2)
     seq_aux_alpha: float = 1e-4  # weight of the sequence-wise balance loss (V3 eq. 17)
     # multi-token prediction
-    mtp_depth: int = 1
-    mtp_lambda: float = 0.3
+    mtp_depth: int = 1  # multi-token prediction modules (0: none)
+    mtp_lambda: float = 0.3  # weight of the MTP loss (V3 eq. 25)
     # which code runs the two hot spots: 'auto' (Triton on CUDA), 'triton', 'torch'
-    attn_impl: str = "auto"
-    loss_impl: str = "auto"
+    attn_impl: str = "auto"  # 'auto' (Triton on CUDA, torch elsewhere), 'triton', 'torch'
+    loss_impl: str = "auto"  # 'auto' (Triton on CUDA, torch elsewhere), 'triton', 'torch'
     moe_impl: str = "auto"  # 'auto' (grouped matmul for bf16, i.e. under autocast), 'grouped', 'loop'
 
     def check(self):
@@ -531,6 +531,15 @@ class GPT(nn.Module):
         loss = kernels.linear_cross_entropy(self.norm(h).reshape(B * T, D), self.head.weight,
                                             targets.reshape(B * T), impl=self.cfg.loss_impl)
         return loss.view(B, T)
+
+
+def make_optimizer(model, cfg, device):
+    """AdamW (Loshchilov & Hutter 2019) with weight decay on matrices only (not norms); cfg gives lr,
+    weight_decay, beta1, beta2. The fused CUDA kernel on the GPU."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]  # norms
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
 
 
 def num_params(cfg):

@@ -12,18 +12,19 @@ import dataclasses
 import json
 import os
 import re
-import sys
 import zlib
 
 import torch
 import torch.nn as nn
 
 from nanor1 import checkpoint
-from nanor1.config import ConfigError, config_to_dict, load_config
-from nanor1.evaluate import complete, majority_answer, summarize
-from nanor1.plotting import plot_metrics
+from nanor1.cli import main
+from nanor1.config import ConfigError, config_to_dict
 from nanor1.device import autocast, pick_device
-from nanor1.sft import SFTConfig, make_tasks, train as train_sft
+from nanor1.evaluate import complete, majority_answer, summarize, vote_of
+from nanor1.plotting import plot_metrics
+from nanor1.sft import SFTConfig, train as train_sft
+from nanor1.tasks import make_tasks
 from nanor1.tasks.verify import VerifyError, evaluate, parse_response
 
 # ------------------------------------------------------------------------------------------------- dedup
@@ -146,7 +147,7 @@ FILTERS = {"format": rule_format, "length": rule_length, "repetition": rule_repe
 def majority_vote(samples):
     """Model-based filter without a verifier: keep the samples that agree with the most common answer."""
     top = majority_answer(samples)
-    return [s for s in samples if top is not None and s["score"].answer == top]
+    return [s for s in samples if top is not None and s["score"].answer is not None and vote_of(s) == top]
 
 
 # ------------------------------------------------------------------------ outcome reward model (value head)
@@ -201,32 +202,32 @@ def train_orm(features, labels, steps=300, lr=1e-2, seed=0):
 
 @dataclasses.dataclass
 class RejectionConfig:
-    out_dir: str = "out/rejection"
+    out_dir: str = "out/rejection"  # where rounds, metrics.jsonl and rejection.png go
     init_from: str = ""  # the SFT checkpoint to start from; "" = sft.out_dir, trained first when missing
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)  # the start, and the fine-tune settings
-    rounds: int = 3
-    tasks: tuple[str, ...] = ("arithmetic",)
-    prompts_per_round: int = 512
+    rounds: int = 3  # expert-iteration rounds
+    tasks: tuple[str, ...] = ("arithmetic",)  # tasks to collect prompts from
+    prompts_per_round: int = 512  # prompts collected per round
     n_samples: int = 8  # N of best-of-N
-    temperature: float = 1.0
-    max_new_tokens: int = 96
+    temperature: float = 1.0  # sampling temperature
+    max_new_tokens: int = 96  # longest response
     # selection
     drop_always_solved: bool = True  # the current model's pass rate (over the N samples) is 1
     drop_never_solved: bool = True  # ... is 0 (nothing correct to keep anyway)
-    max_prompt_tokens: int = 200
+    max_prompt_tokens: int = 200  # longer prompts are dropped
     # filters
     filters: tuple[str, ...] = ("format", "length", "repetition", "charset", "verify")  # + "majority"
-    min_tokens: int = 4
-    max_tokens: int = 512
+    min_tokens: int = 4  # length filter: fewest response tokens
+    max_tokens: int = 512  # length filter: most response tokens
     max_repeat_frac: float = 0.6  # share of repeated word 4-grams; long real search traces stay under it
     keep_per_prompt: int = 1  # up to k correct responses per prompt (1 = best-of-N)
     rank_by: str = "orm"  # how to choose among survivors: 'orm' (value head), 'shortest', 'first'
-    dedup_threshold: float = 0.8
+    dedup_threshold: float = 0.8  # Jaccard similarity above which prompts/responses are near-duplicates
     # fine-tuning on the kept data each round
-    finetune_steps: int = 300
-    finetune_lr: float = 1e-3
-    eval_problems: int = 200
-    seed: int = 0
+    finetune_steps: int = 300  # SFT steps on each round's data
+    finetune_lr: float = 1e-3  # learning rate of each round's fine-tune
+    eval_problems: int = 200  # held-out problems per task
+    seed: int = 0  # prompt draws and sampling
 
 
 def select_by_difficulty(problems, results, cfg, counts, name):
@@ -373,8 +374,4 @@ def run(cfg):
 
 
 if __name__ == "__main__":
-    try:
-        config = load_config(RejectionConfig, sys.argv[1:])
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
-    run(config)
+    main(RejectionConfig, run, __doc__)

@@ -21,64 +21,56 @@ from tqdm import tqdm
 from nanor1 import checkpoint
 from nanor1.config import config_from_dict, config_to_dict
 from nanor1.device import autocast, pick_device
-from nanor1.evaluate import complete, summarize, task_traits
+from nanor1.evaluate import evaluate_tasks
 from nanor1.jsonl import read_jsonl
-from nanor1.model import GPT, ModelConfig
+from nanor1.model import GPT, ModelConfig, make_optimizer
 from nanor1.plotting import plot_metrics
-from nanor1.tasks import ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards, get_tokenizer, make_task
+from nanor1.tasks import ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards, get_tokenizer, make_tasks
 from nanor1.tokenizer import Tokenizer
 
 
 @dataclasses.dataclass
 class SFTConfig:
-    out_dir: str = "out/sft"
+    out_dir: str = "out/sft"  # where ckpt.pt, metrics.jsonl, sft.png and tokenizer/ go
     init_from: str = ""  # a checkpoint (file or out dir) to start from; "" = random initialisation
     resume: bool = False  # continue out_dir/ckpt.pt where it stopped (model, optimizer, step, RNG)
-    seed: int = 0
+    seed: int = 0  # data order, initialisation, sampling
     device: str = "auto"  # 'auto': cuda, else mps, else cpu
     dtype: str = "auto"  # 'auto' (bf16 autocast on CUDA, else fp32), 'bf16' (autocast on any device), 'fp32'
     compile: bool = False  # torch.compile the model
     # data: a weighted mix of tasks, or a JSONL file of {"prompt", "response"} lines (rejection sampling)
-    tasks: dict[str, float] = dataclasses.field(default_factory=lambda: {"arithmetic": 1.0})
-    data_file: str = ""
+    tasks: dict[str, float] = dataclasses.field(default_factory=lambda: {"arithmetic": 1.0})  # task -> share weight
+    data_file: str = ""  # a JSONL of {prompt, response} to train on instead of tasks
     n_examples: int = 20000  # size of the pool of SFT examples drawn from the tasks
     max_len: int = 256  # longer examples are dropped (counted in the log)
-    vocab_size: int = 1024
+    vocab_size: int = 1024  # tokenizer size (trained on the tasks' text when missing)
     tokenizer_dir: str = ""  # "" = out_dir/tokenizer (trained on the tasks' text when missing)
-    arithmetic: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)
-    countdown: CountdownConfig = dataclasses.field(default_factory=CountdownConfig)
+    arithmetic: ArithmeticConfig = dataclasses.field(default_factory=ArithmeticConfig)  # arithmetic task settings
+    countdown: CountdownConfig = dataclasses.field(default_factory=CountdownConfig)  # Countdown task settings
     gsm8k: GSM8KConfig = dataclasses.field(default_factory=GSM8KConfig)
-    rewards: Rewards = dataclasses.field(default_factory=Rewards)
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    rewards: Rewards = dataclasses.field(default_factory=Rewards)  # reward values (held-out scoring)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)  # model size and parts (configs/model_*.py)
     # optimisation
     batch_size: int = 32  # sequences per optimizer step (all ranks, all micro-steps together)
-    grad_accum: int = 1
-    max_steps: int = 1000
-    lr: float = 3e-3
-    min_lr_frac: float = 0.1
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    grad_accum: int = 1  # micro-steps per optimizer step
+    max_steps: int = 1000  # optimizer steps
+    lr: float = 3e-3  # peak learning rate (AdamW)
+    min_lr_frac: float = 0.1  # cosine decays to lr * min_lr_frac
+    warmup_steps: int = 50  # linear warmup steps
+    weight_decay: float = 0.1  # AdamW weight decay (matrices only)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    grad_clip: float = 1.0  # max gradient norm
     # logging, evaluation, checkpoints
-    log_every: int = 10
+    log_every: int = 10  # steps between metrics.jsonl rows
     eval_every: int = 250  # 0 = only at the end
     eval_problems: int = 100  # held-out problems per task
-    eval_max_new_tokens: int = 64
-    eval_batch_size: int = 64
+    eval_max_new_tokens: int = 64  # token budget of each held-out answer
+    eval_batch_size: int = 64  # sequences per sampling batch in evaluation
     eval_samples: int = 1  # completions per held-out problem; accuracy is their mean (pass@1)
     eval_temperature: float = 0.0  # 0: greedy; 1: the policy as it samples (R1 reports sampled pass@1)
-    save_every: int = 250
+    save_every: int = 250  # steps between checkpoints
     progress: bool = True  # tqdm bar
-
-
-def task_configs(cfg):
-    return {"arithmetic": cfg.arithmetic, "countdown": cfg.countdown, "gsm8k": cfg.gsm8k}
-
-
-def make_tasks(cfg, names):
-    return [make_task(name, task_configs(cfg)[name], cfg.rewards) for name in names]
 
 
 def read_jsonl_pairs(path):
@@ -152,13 +144,6 @@ def lr_at(cfg, step):
     return cfg.lr * (cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model, cfg, device):
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]  # norms
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
-
-
 def setup_distributed(cfg):
     """torchrun sets RANK/WORLD_SIZE: -> (rank, world, device)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -189,25 +174,6 @@ def check_replicas(model, world):
     dist.all_gather(gathered, sums)
     if not all(torch.equal(gathered[0], g) for g in gathered[1:]):
         raise RuntimeError("DDP replicas diverged (parameters or MoE biases differ between ranks)")
-
-
-def evaluate_tasks(model, tok, tasks, cfg, seed=1234):
-    """Held-out pass@1 (greedy, or the mean over eval_samples sampled completions) and mean response length
-    per task -> {"eval/<task>/acc": ..., "eval/<task>/len": ...}."""
-    out = {}
-    device = next(model.parameters()).device
-    for task in tasks:
-        problems = task.problems("test", cfg.eval_problems, seed)
-        with autocast(device, cfg.dtype):  # evaluate in the precision the run trains in
-            results = complete(model, tok, task, problems, n=cfg.eval_samples, temperature=cfg.eval_temperature,
-                               max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
-                               seed=seed)
-        summary = summarize(results)
-        out[f"eval/{task.name}/acc"] = summary["pass@1"]
-        out[f"eval/{task.name}/len"] = summary["mean_length"]
-        for key in task_traits(task, ""):  # e.g. Countdown's gave_up: how often the policy gives up
-            out[f"eval/{task.name}/{key}"] = summary[key]
-    return out
 
 
 def save_checkpoint(cfg, model, optimizer, step, tok, path=None):

@@ -163,9 +163,8 @@ def grpo_steps(lines, smoke, device, out_dir, n_steps=3):
     import train_grpo
     from nanor1 import checkpoint, model as model_lib
     from nanor1.config import config_to_dict, load_config
-    from nanor1.model import GPT, num_params
-    from nanor1.sft import make_optimizer, make_tasks
-    from nanor1.tasks import corpus
+    from nanor1.model import GPT, make_optimizer, num_params
+    from nanor1.tasks import corpus, make_tasks
     from nanor1.tokenizer import train_tokenizer
 
     config_file = os.path.join(ROOT, "configs", "grpo_test.py" if smoke else "countdown.py")

@@ -23,6 +23,12 @@ def make_task(name, cfg=None, rewards=None):
     return TASKS[name](cfg, rewards)
 
 
+def make_tasks(cfg, names):
+    """The named tasks, each with its settings from a run's config (cfg.arithmetic, cfg.countdown, cfg.gsm8k)
+    and the run's rewards (cfg.rewards)."""
+    return [make_task(name, getattr(cfg, name, None), cfg.rewards) for name in names]
+
+
 def corpus(tasks, n_per_task=2000, seed=0):
     """Text for the tokenizer: prompts and SFT targets of each task's train split (GSM8K: all of train)."""
     rng = random.Random(seed)

@@ -13,16 +13,16 @@ import dataclasses
 import random
 import zlib
 
-from nanor1.tasks.verify import Rewards, parse_number, score
+from nanor1.tasks.verify import Rewards, number_vote, parse_number, score
 
 OPS = ("+", "-", "*")
 
 
 @dataclasses.dataclass
 class ArithmeticConfig:
-    min_digits: int = 1
-    max_digits: int = 2
-    ops: tuple[str, ...] = OPS
+    min_digits: int = 1  # fewest digits per operand
+    max_digits: int = 2  # most digits per operand
+    ops: tuple[str, ...] = OPS  # operators drawn from
     step_frac: float = 0.5  # share of SFT targets written step by step (the rest answer directly)
     test_frac: float = 0.1  # share of all problems reserved for the test split
 
@@ -78,6 +78,10 @@ class Arithmetic:
     def traits(self, completion):
         """What GRPO logs about a completion besides its reward: does it work step by step?"""
         return {"step_by_step": float(not completion.startswith("<think></think>"))}
+
+    def vote_key(self, answer):
+        """Majority voting pools answers by this key (self-consistency, Wang et al. 2022)."""
+        return number_vote(answer)
 
     def score(self, problem, completion):
         return score(completion, lambda ans: parse_number(ans) == problem["answer"], self.rewards)

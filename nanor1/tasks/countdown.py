@@ -23,16 +23,16 @@ import functools
 import random
 import zlib
 
-from nanor1.tasks.verify import Rewards, VerifyError, evaluate, score
+from nanor1.tasks.verify import Rewards, VerifyError, evaluate, expression_vote, score
 
 
 @dataclasses.dataclass
 class CountdownConfig:
     n_numbers: tuple[int, ...] = (3, 4)  # each problem draws its count from these
-    min_number: int = 1
-    max_number: int = 50
-    min_target: int = 10
-    max_target: int = 100
+    min_number: int = 1  # smallest number offered
+    max_number: int = 50  # largest number offered
+    min_target: int = 10  # smallest target
+    max_target: int = 100  # largest target
     heldout_frac: float = 0.1  # share of target values never seen in train
     test_frac: float = 0.1  # share of (numbers, target) problems reserved for test
     give_up: float = 0.3  # SFT traces give up after each dead end with this probability (geometric budgets)
@@ -195,6 +195,10 @@ class Countdown:
         claim to have found the target (a claim the verifier may reject)?"""
         return {"dead_ends": float(completion.count(", back")), "gave_up": float("give up" in completion),
                 "claims_found": float(", found</think>" in completion)}
+
+    def vote_key(self, answer):
+        """Majority voting pools answers by this key (self-consistency, Wang et al. 2022)."""
+        return expression_vote(answer)
 
     def score(self, problem, completion):
         return score(completion, lambda ans: check_answer(ans, problem["nums"], problem["target"]), self.rewards)

@@ -12,7 +12,7 @@ import re
 import urllib.request
 
 from nanor1.jsonl import read_jsonl
-from nanor1.tasks.verify import Rewards, VerifyError, parse_number, score
+from nanor1.tasks.verify import Rewards, VerifyError, number_vote, parse_number, score
 
 URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl"
 _FINAL_RE = re.compile(r"#### (\-?[0-9\.\,]+)\s*$")  # the official extraction regex, anchored at the end
@@ -86,6 +86,10 @@ class GSM8K:
         if not self.cfg.keep_calculator:
             work = _CALC_RE.sub("", work)
         return f"<think>{work}</think><answer>{_format_answer(problem['answer'])}</answer>"
+
+    def vote_key(self, answer):
+        """Majority voting pools answers by this key (self-consistency, Wang et al. 2022)."""
+        return number_vote(answer)
 
     def score(self, problem, completion):
         return score(completion, lambda ans: parse_number(ans) == problem["answer"], self.rewards)

@@ -1,7 +1,8 @@
 """Parsing and checking model output safely: the only place model text is interpreted.
 
 - parse_response: the R1-Zero format `<think> ... </think> <answer> ... </answer>` (DeepSeek-R1 sec. 2.2.1).
-- parse_number:   a final answer like "1,234", "$5", "7.0", "-3/4" -> Fraction, ASCII digits only.
+- parse_number:   a final answer like "1,234", "$5", "7.0", "-3/4" -> Fraction, ASCII digits only; commas only
+                  as well-formed thousands separators ("1,5" and "1 2" are not numbers).
 - evaluate:       an arithmetic expression -> Fraction, by walking Python's `ast` with a whitelist
                   (integer literals, + - * /, unary minus, parentheses) and hard bounds on input length,
                   nesting depth, literal size and result size. Never eval()/exec().
@@ -21,6 +22,7 @@ MAX_RESULT_BITS = 256  # numerator and denominator of every intermediate value
 
 _RESPONSE_RE = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)
 _NUMBER_RE = re.compile(r"-?(?:[0-9]+(?:\.[0-9]+)?|\.[0-9]+)(?:/[0-9]+)?")
+_THOUSANDS_RE = re.compile(r"-?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")  # 1,234 and 12,345.5; not 1,5 or 12,34
 _EXPR_CHARS_RE = re.compile(r"[0-9+\-*/() ]*")
 
 
@@ -42,10 +44,16 @@ def parse_response(text):
 
 
 def parse_number(text):
-    """A final numeric answer -> Fraction. Accepts commas, `$`, trailing '.', '.0', a/b; else VerifyError."""
+    """A final numeric answer -> Fraction. Accepts thousands separators, a leading `$`, trailing '.', '.0', a/b;
+    else VerifyError. Spaces only around the number: "1 2" is not 12, "2 1/2" is not 21/2."""
     if not isinstance(text, str) or len(text) > 64:
         raise VerifyError("not a short string")
-    s = text.strip().replace(",", "").replace("$", "").replace(" ", "").rstrip(".")
+    s = text.strip().rstrip(".")
+    s = re.sub(r"^(-?)\$\s*", r"\1", s)  # "$5", "-$5"
+    if "," in s:
+        if not _THOUSANDS_RE.fullmatch(s):
+            raise VerifyError(f"misplaced comma: {text[:20]!r}")
+        s = s.replace(",", "")
     if not _NUMBER_RE.fullmatch(s):  # ASCII digits only: no unicode digits, no exponents, no 'inf'
         raise VerifyError(f"not a number: {text[:20]!r}")
     if "/" in s:
@@ -110,9 +118,9 @@ def _walk(node, literals, depth):
 @dataclasses.dataclass
 class Rewards:
     """R1-Zero rule rewards; TinyZero's defaults: no parsable answer 0, well-formed but wrong 0.1, right 1.0."""
-    none: float = 0.0
-    format: float = 0.1
-    correct: float = 1.0
+    none: float = 0.0  # reward with no well-formed answer
+    format: float = 0.1  # reward for a well-formed wrong answer
+    correct: float = 1.0  # reward for a correct answer
 
 
 @dataclasses.dataclass
@@ -140,3 +148,19 @@ def score(completion, is_correct, rewards=None):
     except VerifyError:
         correct = False
     return Score(rewards.format, rewards.correct if correct else 0.0, correct, answer)
+
+
+def number_vote(answer):
+    """What a numeric answer votes for in a majority vote: its value ("11", "11.0" and "$11" agree)."""
+    try:
+        return parse_number(answer)
+    except VerifyError:
+        return answer.strip() if isinstance(answer, str) else None
+
+
+def expression_vote(answer):
+    """What an expression answer votes for: its exact value ("(3+4)*2" and "2*(4+3)" agree)."""
+    try:
+        return evaluate(answer)[0]
+    except VerifyError:
+        return answer.strip() if isinstance(answer, str) else None
