@@ -14,8 +14,10 @@ tokenizer too); each stage resumes from its own checkpoint in out/. Each GRPO st
      every eval_every steps.
 """
 import contextlib
+import copy
 import dataclasses
 import json
+import math
 import os
 import time
 
@@ -23,15 +25,16 @@ import torch
 from tqdm import tqdm
 
 from nanor1 import checkpoint
-from nanor1.cli import main
-from nanor1.config import ConfigError, config_to_dict
-from nanor1.device import DTYPES, autocast, pick_device
+from nanor1.cli import main, report
+from nanor1.config import ConfigError, check_ranges, config_diff, config_to_dict, require
+from nanor1.device import DTYPES, autocast, pick_device, resolve_dtype
 from nanor1.engine import generate
-from nanor1.evaluate import evaluate_tasks, task_traits
+from nanor1.evaluate import complete, evaluate_tasks, format_evals, task_traits
 from nanor1.grpo import LOSS_NORMS, group_advantages, policy_loss
-from nanor1.model import make_optimizer
+from nanor1.jsonl import truncate_log
+from nanor1.model import make_optimizer, num_params
 from nanor1.plotting import plot_metrics
-from nanor1.sft import SFTConfig, train as train_sft
+from nanor1.sft import SFTConfig, defines_model, train as train_sft
 from nanor1.tasks import ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards, make_tasks
 
 
@@ -41,6 +44,7 @@ class GRPOConfig:
     init_from: str = ""  # a checkpoint to start from; "" = sft.out_dir, trained there first if missing
     sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)  # the cold start
     resume: bool = False  # continue out_dir/ckpt.pt where it stopped
+    overwrite: bool = False  # a fresh run may replace the run already in out_dir
     seed: int = 0  # prompts, sampling and initialisation
     device: str = "auto"  # 'auto': cuda, else mps, else cpu
     dtype: str = "auto"  # 'auto' (bf16 autocast on CUDA, else fp32), 'bf16' (autocast on any device), 'fp32'
@@ -49,6 +53,7 @@ class GRPOConfig:
     countdown: CountdownConfig = dataclasses.field(default_factory=CountdownConfig)  # Countdown task settings
     gsm8k: GSM8KConfig = dataclasses.field(default_factory=GSM8KConfig)
     rewards: Rewards = dataclasses.field(default_factory=Rewards)  # reward values: none / format / correct
+    # (the four groups above are also the cold start's: check() copies them into sft)
     # sampling
     steps: int = 200  # GRPO steps
     prompts_per_step: int = 16  # B
@@ -88,6 +93,7 @@ class GRPOConfig:
     eval_samples: int = 1  # completions per held-out problem; accuracy is their mean (pass@1)
     eval_temperature: float = 0.0  # 0: greedy; 1.0: the policy as it samples (R1 reports sampled pass@1)
     save_every: int = 50  # steps between checkpoints
+    show_completions: bool = True  # print a few greedy held-out completions at each evaluation
     progress: bool = True  # tqdm progress bars
 
     def check(self):
@@ -101,18 +107,46 @@ class GRPOConfig:
             raise ConfigError(f"config key 'dtype' must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.group_size < 2:
             raise ConfigError("config key 'group_size' must be at least 2 (advantages are relative to the group)")
+        # One task definition for both stages: the cold start trains on the task GRPO then rewards, so the
+        # top-level task groups (and --countdown.give_up=... on the command line) are the SFT stage's too.
+        for group in ("arithmetic", "countdown", "gsm8k", "rewards"):
+            ours = getattr(self, group)
+            if getattr(self.sft, group) != ours:
+                setattr(self.sft, group, copy.deepcopy(ours))
+        # The ratio pi / pi_old and the KL are computed with the policy's own softmax: the samples must come
+        # from exactly that distribution, so no temperature, top-k or top-p other than the identity.
+        require(self.temperature == 1.0, "temperature", f"must be 1.0 in GRPO (got {self.temperature}): samples "
+                "must come from the policy whose log-probs the ratio uses")
+        require(self.top_k == 0 and self.top_p == 1.0, "top_k", f"must be 0 and top_p 1.0 in GRPO (got {self.top_k}, "
+                f"{self.top_p}): a filtered sampler is not the policy the ratio uses")
+        check_ranges(self, positive=("steps", "prompts_per_step", "max_new_tokens", "mu", "lr", "micro_batch",
+                                     "log_every", "eval_every", "eval_problems", "eval_max_new_tokens",
+                                     "eval_batch_size", "eval_samples", "save_every"),
+                     non_negative=("eps_low", "eps_high", "beta", "warmup_steps", "weight_decay", "grad_clip",
+                                   "eval_temperature"),
+                     fractions=("beta1", "beta2"))
+        self.sft.check()
         return self
 
 
 def cold_start(cfg):
-    """The SFT checkpoint GRPO starts from: init_from, or sft.out_dir (trained or finished there if needed)."""
+    """The SFT checkpoint GRPO starts from: init_from, or sft.out_dir (trained or finished there if needed).
+    An existing cold start trained with other settings (model, task, data) is an error naming the keys, not
+    silently reused; --sft.overwrite=true retrains it."""
     if cfg.init_from:
         return cfg.init_from
     path = os.path.join(cfg.sft.out_dir, "ckpt.pt")
-    done = os.path.exists(path) and checkpoint.load(path)["step"] >= cfg.sft.max_steps
-    if not done:
-        print(f"cold start: SFT into {cfg.sft.out_dir} ({'resuming' if os.path.exists(path) else 'from scratch'})")
-        train_sft(dataclasses.replace(cfg.sft, resume=os.path.exists(path)))
+    exists = os.path.exists(path) and not cfg.sft.overwrite
+    if exists:
+        saved = checkpoint.load(path)
+        stale = config_diff(saved.get("config", {}), config_to_dict(cfg.sft), defines_model)
+        if stale:
+            raise ConfigError(f"the cold start in {cfg.sft.out_dir} was trained with other settings: "
+                              + "; ".join(stale) + " (--sft.overwrite=true retrains it, or set another sft.out_dir)")
+        if saved["step"] >= cfg.sft.max_steps:
+            return path
+    print(f"cold start: SFT into {cfg.sft.out_dir} ({'resuming' if exists else 'from scratch'})")
+    train_sft(dataclasses.replace(cfg.sft, resume=exists))
     return path
 
 
@@ -182,8 +216,9 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
     metrics.update({k: sum(t[k] for t in traits) / len(traits) for k in traits[0]})
 
     rows = sorted((i for i in range(B * G) if keep[i]), key=lambda i: len(prompts[i // G]) + len(gen.tokens[i]))
-    if not rows:  # every group was uninformative: nothing to learn from this batch
-        metrics.update(kl=0.0, entropy=0.0, clip_frac=0.0, grad_norm=0.0, loss=0.0)
+    if not rows:  # every group was uninformative: nothing to learn, nothing measured (null in metrics.jsonl)
+        metrics.update(updated=0, kl=None, entropy=None, clip_frac=None, grad_norm=None, loss=None, ratio=None,
+                       ratio_min=None, ratio_max=None)
         return metrics
     inputs, targets, mask = build_batch([prompts[i // G] for i in rows], [gen.tokens[i] for i in rows],
                                         tok.pad_id, device)
@@ -196,7 +231,7 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
     n_rows, n_tokens = inputs.size(0), int(mask.sum())
     stats_sum = {"clip_frac": 0.0, "kl": 0.0}
     ratio_min, ratio_max, ratio_sum = float("inf"), float("-inf"), 0.0
-    n_micro = 0
+    n_micro, objective = 0, 0.0  # objective: the whole batch's loss (micro-batch losses weighted by their share)
     t1 = time.time()
     batches = micro_batches(targets, cfg.micro_batch)
     for _ in range(cfg.mu):
@@ -212,12 +247,16 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
             row_share = inputs[sl].size(0) / n_rows
             share = int(mask[sl].sum()) / max(n_tokens, 1) if cfg.loss_norm == "token" else row_share
             (loss * share + out.losses["aux"] * row_share).backward()
+            objective += loss.item() * share / cfg.mu
             for k in stats_sum:
                 stats_sum[k] += stats[k]
             n_micro += 1
             ratio_min, ratio_max = min(ratio_min, stats["ratio_min"]), max(ratio_max, stats["ratio_max"])
             ratio_sum += stats["ratio"]
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        if not (math.isfinite(objective) and math.isfinite(grad_norm)):  # before the optimizer writes NaN weights
+            raise FloatingPointError(f"GRPO step {step + 1}: loss {objective}, grad norm {grad_norm} (not finite); "
+                                     f"nothing of this step was applied or saved. Lower lr (now {cfg.lr:.3g}).")
         optimizer.step()
         if cfg.moe_bias_update:
             model.update_moe_biases()
@@ -226,19 +265,24 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
                 moe.load.zero_()
     metrics.update({k: v / n_micro for k, v in stats_sum.items()})
     metrics.update(ratio=ratio_sum / n_micro, ratio_min=ratio_min, ratio_max=ratio_max)
-    metrics.update(loss=loss.item(), grad_norm=grad_norm,
+    metrics.update(updated=1, loss=objective, grad_norm=grad_norm,
                    entropy=(-old_logp[mask]).mean().item() if mask.any() else 0.0,
                    train_tokens_per_s=n_tokens * cfg.mu / (time.time() - t1))
     return metrics
+
+
+def defines_policy(key):
+    """Keys that change what a GRPO run trains: they must match the checkpoint on --resume=true."""
+    return key in ("task", "init_from") or key.startswith(("arithmetic.", "countdown.", "gsm8k.", "rewards.")) \
+        and key not in ("gsm8k.path", "gsm8k.download")
 
 
 def train(cfg, on_step=None):
     cfg.check()
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    resume_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    source = resume_path if cfg.resume else cold_start(cfg)
+    checkpoint.open_run(cfg.out_dir, cfg.resume, cfg.overwrite, config_to_dict(cfg), defines_policy)
+    source = os.path.join(cfg.out_dir, "ckpt.pt") if cfg.resume else cold_start(cfg)
     model, tok, ckpt = checkpoint.load_model(source, device)
     cold = ckpt["cold_start"] if cfg.resume else source
     ref_model = None
@@ -248,15 +292,26 @@ def train(cfg, on_step=None):
     optimizer = make_optimizer(model, cfg, device)
     step = 0
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    sizes = num_params(model.cfg)
+    report("grpo", device=str(device), dtype=resolve_dtype(device, cfg.dtype),
+           model=f"{sizes['total'] / 1e6:.2f}M parameters ({sizes['active'] / 1e6:.2f}M active), from {cold}",
+           batch=f"{cfg.prompts_per_step} prompts x {cfg.group_size} samples of {task.name}, up to "
+                 f"{cfg.max_new_tokens} tokens; loss_norm {cfg.loss_norm}, beta {cfg.beta}, mu {cfg.mu}",
+           steps=f"{ckpt['step'] if cfg.resume else 0} -> {cfg.steps}",
+           outputs=f"{cfg.out_dir}/ckpt.pt, metrics.jsonl, grpo.png")
+    evals = {}
     if cfg.resume:
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         checkpoint.set_rng_state(ckpt["rng"])
+        truncate_log(metrics_path, step)  # rows a killed run wrote after its last checkpoint
     else:
         open(metrics_path, "w").close()
-        start = {"step": 0, **evaluate_tasks(model, tok, [task], cfg)}  # the cold start's held-out numbers
+        evals = evaluate_tasks(model, tok, [task], cfg, progress=cfg.progress)  # the cold start's held-out numbers
+        print(f"cold start: {format_evals(evals)}")
         with open(metrics_path, "a") as f:
-            f.write(json.dumps(start) + "\n")
+            f.write(json.dumps({"step": 0, **evals}) + "\n")
+    first_evals, start_step, t_start = dict(evals), step, time.time()
     bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, desc="grpo")
     try:
         while step < cfg.steps:
@@ -264,15 +319,19 @@ def train(cfg, on_step=None):
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
             metrics = grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device)
             step += 1
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics['reward']:.2f}", len=f"{metrics['length']:.0f}")
+            if step % cfg.save_every == 0 or step == cfg.steps:  # saved before evaluating: a crash there loses nothing
+                save(cfg, model, optimizer, step, tok, cold)
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                metrics.update(evaluate_tasks(model, tok, [task], cfg))
+                evals = evaluate_tasks(model, tok, [task], cfg, progress=cfg.progress)
+                metrics.update(evals)
+                bar.write(f"step {step}: reward {metrics['reward']:.3f}, held-out {format_evals(evals)}")
+                if cfg.show_completions:  # what the policy writes now (as TRL logs sample completions)
+                    bar.write(show_completions(model, tok, task, cfg, device))
             if step % cfg.log_every == 0 or "eval/" + task.name + "/acc" in metrics:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
-            bar.update(1)
-            bar.set_postfix(reward=f"{metrics['reward']:.2f}", len=f"{metrics['length']:.0f}")
-            if step % cfg.save_every == 0 or step == cfg.steps:
-                save(cfg, model, optimizer, step, tok, cold)
             if on_step is not None:
                 on_step(step, metrics)
     except KeyboardInterrupt:
@@ -282,12 +341,29 @@ def train(cfg, on_step=None):
     finally:
         bar.close()
     trait_keys = list(task_traits(task, ""))
-    plot_metrics(metrics_path, os.path.join(cfg.out_dir, "grpo.png"),
-                 [f"eval/{task.name}/acc", f"eval/{task.name}/len"] + [f"eval/{task.name}/{k}" for k in trait_keys]
-                 + ["reward", "accuracy", "length", "truncated", "zero_variance_groups", "kl", "entropy", "clip_frac",
-                    "grad_norm", "gen_tokens_per_s"] + trait_keys,
-                 title=f"GRPO {cfg.out_dir}")
+    plot_path = plot_metrics(metrics_path, os.path.join(cfg.out_dir, "grpo.png"),
+                             [f"eval/{task.name}/acc", f"eval/{task.name}/len"]
+                             + [f"eval/{task.name}/{k}" for k in trait_keys]
+                             + ["reward", "accuracy", "length", "truncated", "zero_variance_groups", "kl", "entropy",
+                                "clip_frac", "grad_norm", "gen_tokens_per_s"] + trait_keys,
+                             title=f"GRPO {cfg.out_dir}")
+    report("grpo done", steps=f"{start_step} -> {step} in {time.time() - t_start:.0f} s",
+           held_out=(f"{format_evals(first_evals)}  ->  " if first_evals else "") + format_evals(evals),
+           checkpoint=os.path.join(cfg.out_dir, "ckpt.pt"), plot=plot_path or "(none: matplotlib is not installed)")
     return model
+
+
+def show_completions(model, tok, task, cfg, device, n=2):
+    """Greedy completions of the first n held-out problems, one line each (shortened), for the console."""
+    problems = task.problems("test", n, 1234)
+    with autocast(device, cfg.dtype):
+        results = complete(model, tok, task, problems, max_new_tokens=cfg.eval_max_new_tokens)
+    lines = []
+    for problem, (sample,) in zip(problems, results):
+        text = sample["text"].replace("\n", " ")
+        text = text if len(text) <= 160 else text[:100] + " ... " + text[-55:]
+        lines.append(f"  {task.prompt(problem)[:60]} -> {text} [{'correct' if sample['score'].correct else 'wrong'}]")
+    return "\n".join(lines)
 
 
 def save(cfg, model, optimizer, step, tok, cold):

@@ -9,6 +9,7 @@ is a ConfigError whose one-line message names the key and where it came from.
 """
 import ast
 import dataclasses
+import math
 import os
 import runpy
 import typing
@@ -62,6 +63,8 @@ def _coerce(value, typ, key, where):
         return {_coerce(k, kt, key, where): _coerce(v, vt, key, where) for k, v in value.items()}
     if typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{where}: config key '{key}' must be a finite number, got {value!r}")
             return float(value)
         raise bad
     if typ is int:
@@ -134,11 +137,55 @@ def load_config(cls, argv):
                 names = runpy.run_path(arg)
             except Exception as e:
                 raise ConfigError(f"{arg}: {type(e).__name__}: {e}") from None
+            fields = typing.get_type_hints(cls)
             for key, value in names.items():
-                if key.startswith("_") or isinstance(value, type(os)) or callable(value):
-                    continue  # imports, helpers and dunders are not settings
+                if key.startswith("_") or isinstance(value, type(os)):
+                    continue  # imports and dunders are not settings
+                if callable(value):
+                    if key in fields:  # `lr = lambda: 1e-3` would otherwise be ignored without a word
+                        raise ConfigError(f"{arg}: config key '{key}' is set to a {type(value).__name__}; "
+                                          "a config file assigns plain values")
+                    continue  # a helper function of the file's own
                 _set(cfg, key, value, arg, from_cli=False)
     return cfg
+
+
+def require(ok, key, message):
+    """A config check: raise ConfigError naming the key unless `ok`."""
+    if not ok:
+        raise ConfigError(f"config key '{key}' {message}")
+
+
+def check_ranges(cfg, positive=(), non_negative=(), fractions=(), prefix=""):
+    """Range checks for a config's numeric keys: >= 1 (or > 0 for floats), >= 0, within [0, 1]."""
+    for key in positive:
+        value = getattr(cfg, key)
+        require(value > 0 if isinstance(value, float) else value >= 1, prefix + key,
+                f"must be {'> 0' if isinstance(value, float) else '>= 1'}, got {value!r}")
+    for key in non_negative:
+        require(getattr(cfg, key) >= 0, prefix + key, f"must be >= 0, got {getattr(cfg, key)!r}")
+    for key in fractions:
+        require(0 <= getattr(cfg, key) <= 1, prefix + key, f"must be in [0, 1], got {getattr(cfg, key)!r}")
+
+
+def flatten(values, prefix=""):
+    """{'a': {'b': 1}} -> {'a.b': 1} (a nested config dict as dotted keys)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value) and key != "tasks":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def config_diff(saved, current, keys):
+    """The dotted keys matching `keys` (a predicate) whose values differ between two config dicts
+    -> ['key: saved -> current', ...]. Lists and tuples compare equal (a checkpoint stores tuples as lists)."""
+    a, b = flatten(saved), flatten(current)
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if keys(k) and norm(a.get(k)) != norm(b.get(k))]
 
 
 def config_to_dict(cfg):

@@ -38,7 +38,7 @@ def complete(model, tok, task, problems, n=1, temperature=0.0, max_new_tokens=12
     results = []
     per_batch = max(1, batch_size // n)
     batches = range(0, len(problems), per_batch)
-    for i in tqdm(batches, desc=f"sampling {task.name}", disable=not progress):
+    for i in tqdm(batches, desc=f"sampling {task.name}", disable=not progress, leave=False):
         chunk = problems[i:i + per_batch]
         prompts = [tok.render_prompt(task.prompt(p)) for p in chunk]
         gen = generate(model, prompts, max_new_tokens, n=n, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -87,7 +87,7 @@ def summarize(results, ks=(1,)):
     return out
 
 
-def evaluate_tasks(model, tok, tasks, cfg, seed=1234):
+def evaluate_tasks(model, tok, tasks, cfg, seed=1234, progress=False):
     """Held-out pass@1 (greedy, or the mean over eval_samples sampled completions) and mean response length
     per task -> {"eval/<task>/acc": ..., "eval/<task>/len": ...}."""
     out = {}
@@ -97,10 +97,21 @@ def evaluate_tasks(model, tok, tasks, cfg, seed=1234):
         with autocast(device, cfg.dtype):  # evaluate in the precision the run trains in
             results = complete(model, tok, task, problems, n=cfg.eval_samples, temperature=cfg.eval_temperature,
                                max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
-                               seed=seed)
+                               seed=seed, progress=progress)
         summary = summarize(results)
         out[f"eval/{task.name}/acc"] = summary["pass@1"]
         out[f"eval/{task.name}/len"] = summary["mean_length"]
         for key in task_traits(task, ""):  # e.g. Countdown's gave_up: how often the policy gives up
             out[f"eval/{task.name}/{key}"] = summary[key]
     return out
+
+
+def format_evals(evals):
+    """{'eval/countdown/acc': 0.61, 'eval/countdown/len': 38.2, ...} -> 'countdown acc 0.610 len 38.2 ...'."""
+    parts = []
+    for key, value in evals.items():
+        _, task, name = key.split("/", 2)
+        if not parts or not parts[-1].startswith(task + " "):
+            parts.append(task)
+        parts[-1] += f" {name} {value:.3f}" if name != "len" else f" {name} {value:.1f}"
+    return "; ".join(parts)

@@ -70,6 +70,15 @@ class ModelConfig:
             errors.append("qk_rope_head_dim must be even")
         if not 0 <= self.n_dense_layers <= self.n_layers:
             errors.append("n_dense_layers must be in 0..n_layers")
+        for key in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "kv_lora_rank", "qk_nope_head_dim",
+                    "qk_rope_head_dim", "v_head_dim", "inter_dim", "moe_inter_dim"):
+            if getattr(self, key) < 1:
+                errors.append(f"{key} must be >= 1")
+        for key in ("attn_impl", "loss_impl"):
+            if getattr(self, key) not in ("auto", "triton", "torch"):
+                errors.append(f"{key} must be 'auto', 'triton' or 'torch'")
+        if self.moe_impl not in ("auto", "grouped", "loop"):
+            errors.append("moe_impl must be 'auto', 'grouped' or 'loop'")
         if errors:
             raise ValueError("model config: " + "; ".join(errors))
         return self

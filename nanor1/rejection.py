@@ -357,7 +357,7 @@ def run(cfg):
         data, counts = run_round(cfg, r, model, tok, tasks)
         out_dir = os.path.join(cfg.out_dir, f"round{r}")
         ft = dataclasses.replace(cfg.sft, out_dir=out_dir, init_from=current, data_file=data, resume=False,
-                                 max_steps=cfg.finetune_steps, lr=cfg.finetune_lr, warmup_steps=10,
+                                 overwrite=True, max_steps=cfg.finetune_steps, lr=cfg.finetune_lr, warmup_steps=10,
                                  eval_every=0, eval_problems=min(cfg.sft.eval_problems, 50), seed=cfg.seed + r)
         model = train_sft(ft)
         current = os.path.join(out_dir, "ckpt.pt")

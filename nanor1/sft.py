@@ -19,13 +19,14 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from nanor1 import checkpoint
-from nanor1.config import config_from_dict, config_to_dict
-from nanor1.device import autocast, pick_device
-from nanor1.evaluate import evaluate_tasks
-from nanor1.jsonl import read_jsonl
-from nanor1.model import GPT, ModelConfig, make_optimizer
+from nanor1.config import ConfigError, check_ranges, config_from_dict, config_to_dict, require
+from nanor1.device import DTYPES, autocast, pick_device, resolve_dtype
+from nanor1.cli import report
+from nanor1.evaluate import evaluate_tasks, format_evals
+from nanor1.jsonl import read_jsonl, truncate_log
+from nanor1.model import GPT, ModelConfig, make_optimizer, num_params
 from nanor1.plotting import plot_metrics
-from nanor1.tasks import ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards, get_tokenizer, make_tasks
+from nanor1.tasks import TASKS, ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards, get_tokenizer, make_tasks
 from nanor1.tokenizer import Tokenizer
 
 
@@ -34,6 +35,7 @@ class SFTConfig:
     out_dir: str = "out/sft"  # where ckpt.pt, metrics.jsonl, sft.png and tokenizer/ go
     init_from: str = ""  # a checkpoint (file or out dir) to start from; "" = random initialisation
     resume: bool = False  # continue out_dir/ckpt.pt where it stopped (model, optimizer, step, RNG)
+    overwrite: bool = False  # a fresh run may replace the run already in out_dir (and retrain its tokenizer)
     seed: int = 0  # data order, initialisation, sampling
     device: str = "auto"  # 'auto': cuda, else mps, else cpu
     dtype: str = "auto"  # 'auto' (bf16 autocast on CUDA, else fp32), 'bf16' (autocast on any device), 'fp32'
@@ -71,6 +73,35 @@ class SFTConfig:
     eval_temperature: float = 0.0  # 0: greedy; 1: the policy as it samples (R1 reports sampled pass@1)
     save_every: int = 250  # steps between checkpoints
     progress: bool = True  # tqdm bar
+
+    def check(self):
+        """Every key in range, so a typo fails in the first second rather than at step 250."""
+        check_ranges(self, positive=("n_examples", "max_len", "vocab_size", "batch_size", "grad_accum", "lr",
+                                     "log_every", "eval_problems", "eval_max_new_tokens", "eval_batch_size",
+                                     "eval_samples", "save_every"),
+                     non_negative=("max_steps", "warmup_steps", "weight_decay", "grad_clip", "eval_every",
+                                   "eval_temperature"),
+                     fractions=("min_lr_frac", "beta1", "beta2"))
+        require(self.dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}, got {self.dtype!r}")
+        unknown = [t for t in self.tasks if t not in TASKS]
+        require(not unknown, "tasks", f"names unknown tasks {unknown} (known: {', '.join(TASKS)})")
+        require(all(w >= 0 for w in self.tasks.values()), "tasks", "weights must be >= 0")
+        require(self.data_file or sum(self.tasks.values()) > 0, "tasks", "needs a task of weight > 0 (or a data_file)")
+        try:
+            self.model.check()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        return self
+
+
+# Keys that change WHAT an SFT run trains (the model, the data, the tokenizer); the rest say how it runs (lr
+# schedule, logging, evaluation, device, dtype, kernels) and may change on --resume=true.
+_HOW = ("model.attn_impl", "model.loss_impl", "model.moe_impl", "gsm8k.path", "gsm8k.download")
+
+
+def defines_model(key):
+    return key.startswith(("model.", "arithmetic.", "countdown.", "gsm8k.")) and key not in _HOW or key in (
+        "tasks", "data_file", "n_examples", "max_len", "vocab_size", "seed", "tokenizer_dir", "init_from")
 
 
 def read_jsonl_pairs(path):
@@ -185,13 +216,18 @@ def save_checkpoint(cfg, model, optimizer, step, tok, path=None):
 
 def train(cfg, on_step=None):
     """Run SFT as configured; returns the (unwrapped) model. on_step(step, metrics) is called after each step."""
+    cfg.check()
     rank, world, device = setup_distributed(cfg)
     master = rank == 0
-    os.makedirs(cfg.out_dir, exist_ok=True)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-
-    resume_ckpt = checkpoint.load(os.path.join(cfg.out_dir, "ckpt.pt")) if cfg.resume else None
+    resume_ckpt = None
+    if master:
+        resume_ckpt = checkpoint.open_run(cfg.out_dir, cfg.resume, cfg.overwrite, config_to_dict(cfg), defines_model)
+    if world > 1:
+        dist.barrier()
+        if not master and cfg.resume:
+            resume_ckpt = checkpoint.load(os.path.join(cfg.out_dir, "ckpt.pt"))
     init_ckpt = checkpoint.load(cfg.init_from) if cfg.init_from and not cfg.resume else None
     source = resume_ckpt or init_ckpt
     if source is not None:
@@ -202,7 +238,7 @@ def train(cfg, on_step=None):
     else:
         tok_dir = cfg.tokenizer_dir or os.path.join(cfg.out_dir, "tokenizer")
         if master:  # trained on the tasks' own text the first time, then read from tok_dir
-            tok = get_tokenizer(tok_dir, make_tasks(cfg, cfg.tasks), cfg.vocab_size)
+            tok = get_tokenizer(tok_dir, make_tasks(cfg, cfg.tasks), cfg.vocab_size, retrain=cfg.overwrite)
         if world > 1:
             dist.barrier()
         if not master:
@@ -234,16 +270,29 @@ def train(cfg, on_step=None):
                          f"grad_accum {cfg.grad_accum}")
     micro = cfg.batch_size // (world * cfg.grad_accum)
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    n_params = sum(p.numel() for p in model.parameters())
+    if master:
+        report("sft", device=f"{device} x {world}" if world > 1 else str(device),
+               dtype=resolve_dtype(device, cfg.dtype),
+               model=f"{n_params / 1e6:.2f}M parameters ({num_params(model_cfg)['active'] / 1e6:.2f}M active), "
+                     f"vocab {tok.n_vocab}",
+               data=f"{len(examples)} examples ({dropped} longer than max_len={cfg.max_len} dropped), "
+                    f"{'file ' + cfg.data_file if cfg.data_file else 'tasks ' + ', '.join(cfg.tasks)}",
+               steps=f"{step} -> {cfg.max_steps} ({'resumed' if step else 'from ' + (cfg.init_from or 'scratch')})",
+               outputs=f"{cfg.out_dir}/ckpt.pt, metrics.jsonl, sft.png")
     if master and step == 0:
         open(metrics_path, "w").close()
         log = {"step": 0, "examples": len(examples), "dropped_too_long": dropped, "vocab": tok.n_vocab,
-               "params": sum(p.numel() for p in model.parameters()), "world": world}
+               "params": n_params, "world": world}
         with open(metrics_path, "a") as f:
             f.write(json.dumps(log) + "\n")
+    elif master:
+        truncate_log(metrics_path, step)  # rows a killed run wrote after its last checkpoint
 
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (master and cfg.progress), desc="sft")
     moe_layers = model.moe_layers()
-    t_last, tokens_since = time.time(), 0
+    t_start = t_last = time.time()
+    tokens_since, start_step, evals = 0, step, {}
     try:
         while step < cfg.max_steps:
             model.train()
@@ -264,6 +313,9 @@ def train(cfg, on_step=None):
                 for key in ("main", "mtp", "aux"):
                     totals[key] += out.losses[key].item() / cfg.grad_accum
                 totals["loss"] += out.loss.item() / cfg.grad_accum
+            if not math.isfinite(totals["loss"]):  # stop before the optimizer writes NaN into the weights
+                raise FloatingPointError(f"SFT step {step + 1}: the loss is {totals['loss']} (lr {lr:.3g}); nothing "
+                                         f"of this step was applied or saved. Lower lr or check the data.")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -275,18 +327,20 @@ def train(cfg, on_step=None):
             metrics = {"step": step, **totals, "lr": lr, "grad_norm": grad_norm, "moe_max_over_mean": imbalance}
             bar.update(1)
             bar.set_postfix(loss=f"{totals['loss']:.3f}")
+            if step % cfg.save_every == 0 or step == cfg.max_steps:  # saved before evaluating: nothing lost to a crash
+                check_replicas(model, world)
+                if master:
+                    save_checkpoint(cfg, model, optimizer, step, tok)
             if master and (step % cfg.log_every == 0 or step == cfg.max_steps):
                 now = time.time()
                 metrics["tokens_per_s"] = tokens_since / (now - t_last)
                 t_last, tokens_since = now, 0
                 if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
-                    metrics.update(evaluate_tasks(model, tok, eval_tasks, cfg))
+                    evals = evaluate_tasks(model, tok, eval_tasks, cfg, progress=cfg.progress)
+                    metrics.update(evals)
+                    bar.write(f"step {step}: loss {totals['loss']:.4f}, " + format_evals(evals))
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
-            if step % cfg.save_every == 0 or step == cfg.max_steps:
-                check_replicas(model, world)
-                if master:
-                    save_checkpoint(cfg, model, optimizer, step, tok)
             if on_step is not None:
                 on_step(step, metrics)
     except KeyboardInterrupt:
@@ -297,9 +351,14 @@ def train(cfg, on_step=None):
     finally:
         bar.close()
     if master:
-        plot_metrics(metrics_path, os.path.join(cfg.out_dir, "sft.png"),
-                     ["loss", "main", "mtp", "aux", "lr", "grad_norm", "moe_max_over_mean", "tokens_per_s"]
-                     + [k for k in _eval_keys(eval_tasks)], title=f"SFT {cfg.out_dir}")
+        plot_path = os.path.join(cfg.out_dir, "sft.png")
+        plotted = plot_metrics(metrics_path, plot_path,
+                               ["loss", "main", "mtp", "aux", "lr", "grad_norm", "moe_max_over_mean", "tokens_per_s"]
+                               + [k for k in _eval_keys(eval_tasks)], title=f"SFT {cfg.out_dir}")
+        report("sft done", steps=f"{start_step} -> {step} in {time.time() - t_start:.0f} s",
+               held_out=format_evals(evals) or "(not evaluated)",
+               checkpoint=os.path.join(cfg.out_dir, "ckpt.pt"),
+               plot=plotted or "(none: matplotlib is not installed)")
     return model
 
 

@@ -106,12 +106,12 @@ class Tokenizer:
 
     def encode(self, text):
         """Plain text -> ids. Text that merely looks like a special token stays plain text."""
-        return self.enc.encode_ordinary(text)
+        return self.enc.encode_ordinary(_bounded(text))
 
     def encode_response(self, text):
         """A response may carry the four reasoning tags; each becomes its single special id."""
         ids = []
-        for piece in _TAG_SPLIT.split(text):
+        for piece in _TAG_SPLIT.split(_bounded(text)):
             if piece in RESPONSE_TAGS:
                 ids.append(self.special[piece])
             elif piece:
@@ -138,13 +138,29 @@ class Tokenizer:
         response_ids = self.encode_response(response) + [self.eos_id]
         return prompt_ids + response_ids, [0] * len(prompt_ids) + [1] * len(response_ids)
 
-    def save(self, folder):
-        """tiktoken's text format (`base64(bytes) rank` per line) plus a small json with the specials."""
+    def save(self, folder, made_for=None):
+        """tiktoken's text format (`base64(bytes) rank` per line) plus a small json with the specials and what
+        it was trained for. Each file is written atomically, the json first: tokenizer.tiktoken is the marker
+        that the folder is complete (a crash between the two writes leaves a folder that is retrained)."""
         os.makedirs(folder, exist_ok=True)
         lines = "".join(f"{base64.b64encode(b).decode()} {r}\n" for b, r in self.ranks.items())
-        meta = json.dumps({"pattern": SPLIT_PATTERN, "special_tokens": self.special}, indent=1)
-        for name, text in (("tokenizer.tiktoken", lines), ("tokenizer.json", meta)):
-            _atomic_write_text(os.path.join(folder, name), text)
+        meta = json.dumps({"pattern": SPLIT_PATTERN, "special_tokens": self.special, "made_for": made_for or {}},
+                          indent=1)
+        marker = os.path.join(folder, "tokenizer.tiktoken")
+        if os.path.exists(marker):
+            os.remove(marker)  # the folder is incomplete until the new marker is in place
+        _atomic_write_text(os.path.join(folder, "tokenizer.json"), meta)
+        _atomic_write_text(marker, lines)
+
+    @staticmethod
+    def exists(folder):
+        return all(os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.json", "tokenizer.tiktoken"))
+
+    @staticmethod
+    def made_for(folder):
+        """What the tokenizer in folder was trained for: {'vocab_size', 'tasks'} ({} if not recorded)."""
+        with open(os.path.join(folder, "tokenizer.json")) as f:
+            return json.load(f).get("made_for", {})
 
     @classmethod
     def load(cls, folder):
@@ -162,6 +178,17 @@ class Tokenizer:
         if meta["pattern"] != SPLIT_PATTERN or meta["special_tokens"] != tok.special:
             raise ValueError(f"{folder}: tokenizer was saved with another pattern or special tokens; retrain it")
         return tok
+
+
+MAX_TEXT_CHARS = 100_000  # far above any prompt or response here; tiktoken's regex overflows its stack near 1e6
+
+
+def _bounded(text):
+    """tiktoken panics (a PanicException, which `except Exception` does not catch) on very long whitespace runs:
+    refuse text that long with a ValueError instead."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise ValueError(f"text of {len(text)} characters is longer than the tokenizer accepts ({MAX_TEXT_CHARS})")
+    return text
 
 
 def _atomic_write_text(path, text):

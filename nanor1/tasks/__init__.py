@@ -5,8 +5,9 @@
     task.sft_target(problem, rng) -> a response "<think>...</think><answer>...</answer>"
     task.score(problem, text)     -> verify.Score(format, correctness, correct, answer); .reward is the total
 """
-import os
 import random
+
+from nanor1.config import ConfigError
 
 from nanor1.tasks.arithmetic import Arithmetic, ArithmeticConfig
 from nanor1.tasks.countdown import Countdown, CountdownConfig
@@ -39,12 +40,24 @@ def corpus(tasks, n_per_task=2000, seed=0):
             yield task.sft_target(problem, rng)
 
 
-def get_tokenizer(folder, tasks, vocab_size):
-    """Load the tokenizer cached in `folder`, or train it on the tasks' text and cache it there."""
-    if os.path.exists(os.path.join(folder, "tokenizer.tiktoken")):
-        return Tokenizer.load(folder)  # its n_vocab may be below vocab_size if the corpus ran out of merges
+def get_tokenizer(folder, tasks, vocab_size, retrain=False):
+    """Load the tokenizer cached in `folder`, or train it on the tasks' text and cache it there. A cached one
+    trained for another vocab_size or other tasks is an error naming both (retrain=True replaces it)."""
+    names = sorted(t.name for t in tasks)
+    if Tokenizer.exists(folder) and not retrain:
+        tok = Tokenizer.load(folder)  # its n_vocab may be below vocab_size if the corpus ran out of merges
+        made_for = Tokenizer.made_for(folder)
+        wanted = {"vocab_size": vocab_size, "tasks": names}
+        differ = [f"{k}: {made_for.get(k)!r} -> {wanted[k]!r}" for k in wanted
+                  if k in made_for and made_for[k] != wanted[k]]
+        if not made_for and tok.n_vocab > vocab_size:  # saved before this record existed
+            differ = [f"vocab_size: {tok.n_vocab} -> {vocab_size}"]
+        if differ:
+            raise ConfigError(f"the tokenizer in {folder} was trained for another run ({'; '.join(differ)}): "
+                              "delete it, set another tokenizer_dir, or --overwrite=true to retrain it")
+        return tok
     tok = train_tokenizer(corpus(tasks), vocab_size)
-    tok.save(folder)
+    tok.save(folder, made_for={"vocab_size": vocab_size, "tasks": names})
     return tok
 
 

@@ -52,6 +52,8 @@ def load(path, split, download=False):
             raise ValueError(f"{where}: expected string fields 'question' and 'answer'")
         problems.append({"id": f"{split}-{where.rsplit(':', 1)[1]}", "question": row["question"],
                          "solution": row["answer"], "answer": final_answer(row["answer"], where)})
+    if not problems:
+        raise ValueError(f"{file}: no problems in the file (expected one JSON object a line)")
     return problems
 
 
