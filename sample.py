@@ -11,9 +11,8 @@ import argparse
 import sys
 from fractions import Fraction
 
-import torch
-
 from nanor1 import checkpoint
+from nanor1.device import DTYPES, autocast, pick_device
 from nanor1.engine import generate
 from nanor1.evaluate import complete, summarize
 from nanor1.jsonl import read_jsonl
@@ -44,7 +43,7 @@ def read_problems(path):
     return kinds.pop(), problems
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="a checkpoint file or an out dir holding ckpt.pt")
     what = p.add_mutually_exclusive_group(required=True)
@@ -63,17 +62,45 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=3, help="completions to print (--task / --problems)")
     p.add_argument("--gsm8k_path", default=None, help="folder of the GSM8K jsonl files (--task gsm8k)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = p.parse_args()
+    p.add_argument("--device", default="auto", help="auto: cuda, else mps, else cpu")
+    p.add_argument("--dtype", default="auto", choices=DTYPES, help="auto: bf16 autocast on CUDA, else fp32")
+    args = p.parse_args(argv)
+    for name, ok, rule in (("count", args.count >= 1, ">= 1"), ("n", args.n >= 1, ">= 1"),
+                           ("top_k", args.top_k >= 0, ">= 0"), ("top_p", 0 < args.top_p <= 1, "in (0, 1]"),
+                           ("temperature", args.temperature is None or args.temperature >= 0, ">= 0"),
+                           ("max_new_tokens", args.max_new_tokens >= 1, ">= 1"),
+                           ("batch_size", args.batch_size >= 1, ">= 1")):
+        if not ok:
+            p.error(f"--{name} must be {rule}, got {getattr(args, name)}")
     temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 1.0)
 
+    device = pick_device(args.device)
     try:
-        model, tok, ckpt = checkpoint.load_model(args.checkpoint, args.device)
-    except (FileNotFoundError, ValueError) as e:
+        model, tok, ckpt = checkpoint.load_model(args.checkpoint, device)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
         sys.exit(f"error: {e}")
     model.eval()
+    with autocast(device, args.dtype):
+        run(args, model, tok, ckpt, temperature)
+
+
+def fit_budget(max_new_tokens, prompt_ids, model):
+    """Clamp max_new_tokens so the longest prompt plus its answer fits the model's max_seq_len (with a note)."""
+    room = model.cfg.max_seq_len - max(len(ids) for ids in prompt_ids)
+    if room < 1:
+        sys.exit(f"error: a prompt of {max(map(len, prompt_ids))} tokens leaves no room in the model's "
+                 f"max_seq_len={model.cfg.max_seq_len}")
+    if max_new_tokens > room:
+        print(f"note: --max_new_tokens {max_new_tokens} lowered to {room} (the model's max_seq_len is "
+              f"{model.cfg.max_seq_len})", file=sys.stderr)
+    return min(max_new_tokens, room)
+
+
+def run(args, model, tok, ckpt, temperature):
     if args.prompt is not None:
-        gen = generate(model, [tok.render_prompt(args.prompt)], args.max_new_tokens, n=args.n,
+        prompt = tok.render_prompt(args.prompt)
+        args.max_new_tokens = fit_budget(args.max_new_tokens, [prompt], model)
+        gen = generate(model, [prompt], args.max_new_tokens, n=args.n,
                        temperature=temperature, top_k=args.top_k, top_p=args.top_p, stop_ids=tok.stop_ids,
                        pad_id=tok.pad_id, seed=args.seed, speculative=args.speculative)
         for i, ids in enumerate(gen.tokens):
@@ -95,6 +122,7 @@ def main():
             problems = task.problems(args.split, args.count, args.seed)
     except (ValueError, FileNotFoundError) as e:
         sys.exit(f"error: {e}")
+    args.max_new_tokens = fit_budget(args.max_new_tokens, [tok.render_prompt(task.prompt(q)) for q in problems], model)
     results = complete(model, tok, task, problems, n=args.n, temperature=temperature,
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
                        top_k=args.top_k, top_p=args.top_p, speculative=args.speculative, progress=True)

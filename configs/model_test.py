@@ -1,5 +1,5 @@
 # Model size "test": a forward in milliseconds on CPU, every feature on (q_lora, group routing, 2 MTP depths).
-# Used by the tests; combine with a task config: python train_sft.py configs/model_test.py configs/arithmetic.py
+# Used by the tests; combine with an SFT config:  python train_sft.py configs/sft_test.py configs/model_test.py
 model = dict(
     vocab_size=512, dim=32, n_layers=2, n_heads=2, max_seq_len=256,
     q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=16,

@@ -12,12 +12,13 @@ if not _has_cuda:
 
 import pytest  # noqa: E402
 
-SHARED_GSM8K = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "gsm8k")
+# The tests read only what the repository ships: a small GSM8K fixture in the official format.
+GSM8K_FIXTURE = os.path.join(os.path.dirname(__file__), "data", "gsm8k")
 
 
 @pytest.fixture(scope="session")
 def gsm8k_path():
-    return SHARED_GSM8K
+    return GSM8K_FIXTURE
 
 
 @pytest.fixture(scope="session")

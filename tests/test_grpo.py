@@ -110,3 +110,19 @@ def test_trimmed_micro_batches_give_the_same_logprobs_as_one_full_batch(tmp_path
     trimmed = train_grpo.token_logprobs(model, inputs, targets, micro_batch=2)  # 3 micro-batches, each cut
     assert [T for _, T in train_grpo.micro_batches(targets, 2)] != [targets.size(1)] * 3
     assert torch.allclose(full, trimmed, atol=1e-5)
+
+
+class AlwaysWrong(SaySeven):
+    """Every sample scores the same: with dynamic sampling every group is dropped."""
+    def score(self, problem, text):
+        return score(text, lambda answer: False, Rewards(format=0.0))
+
+
+def test_a_step_with_every_group_dropped_logs_nulls_not_zeros(tmp_path):
+    cfg = config(tmp_path, "--dynamic_sampling=true", "--beta=0.0")
+    model, tok, _ = checkpoint.load_model(train_grpo.cold_start(cfg))
+    optimizer = train_grpo.make_optimizer(model, cfg, torch.device("cpu"))
+    m = train_grpo.grpo_step(cfg, model, None, optimizer, tok, AlwaysWrong(), 0, torch.device("cpu"))
+    assert m["updated"] == 0 and m["zero_variance_groups"] == 1.0
+    assert all(m[k] is None for k in ("loss", "kl", "entropy", "clip_frac", "grad_norm", "ratio"))
+    json.dumps(m)  # null in metrics.jsonl

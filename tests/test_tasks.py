@@ -1,6 +1,7 @@
 import collections
 import itertools
 import operator
+import os
 import random
 import re
 from fractions import Fraction
@@ -142,11 +143,21 @@ def test_countdown_checker_rejects_reused_or_foreign_numbers():
         check_answer("20+4", [20, 3], 24)
 
 
-def test_gsm8k_all_official_answers_parse(gsm8k_path):
-    train, test = load(gsm8k_path, "train"), load(gsm8k_path, "test")
-    assert len(train) == 7473 and len(test) == 1319
+# The shipped fixture always; the full official data set too where it is at hand (this workplace's ../shared,
+# or NANOR1_GSM8K=/path/to/gsm8k), so the full check runs in CI without the suite depending on it.
+_FULL_GSM8K = os.environ.get("NANOR1_GSM8K") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                                                              "gsm8k")
+GSM8K_SETS = [("fixture", os.path.join(os.path.dirname(__file__), "data", "gsm8k"), (24, 12))] + (
+    [("official", _FULL_GSM8K, (7473, 1319))] if os.path.exists(os.path.join(_FULL_GSM8K, "test.jsonl")) else [])
+
+
+@pytest.mark.parametrize("name,path,sizes", GSM8K_SETS, ids=[s[0] for s in GSM8K_SETS])
+def test_gsm8k_all_answers_parse(name, path, sizes):
+    train, test = load(path, "train"), load(path, "test")
+    assert (len(train), len(test)) == sizes
     assert all(p["answer"].denominator == 1 for p in train + test)  # all official answers are integers
-    task = make_task("gsm8k", GSM8KConfig(path=gsm8k_path))
+    assert any(p["answer"] < 0 for p in train) and any(p["answer"] >= 1000 for p in test)  # minus signs, commas
+    task = make_task("gsm8k", GSM8KConfig(path=path))
     for p in train[:500] + test:
         target = task.sft_target(p)
         assert "<<" not in target and task.score(p, target).correct
@@ -166,3 +177,6 @@ def test_gsm8k_malformed_lines_name_file_and_line(tmp_path):
         load(tmp_path, "test")
     (tmp_path / "train.jsonl").write_text('{"question": "q", "answer": "a\\n#### 1,234"}\n')
     assert load(tmp_path, "train")[0]["answer"] == 1234
+    (tmp_path / "train.jsonl").write_text("\n\n")
+    with pytest.raises(ValueError, match=r"train.jsonl: no problems"):
+        load(tmp_path, "train")
