@@ -52,7 +52,8 @@ def documented_commands():
         for line in open(path):
             m = re.search(r"python (train_sft\.py|train_grpo\.py|-m nanor1\.rejection)((?: [^#`\s][^\s`]*)*)", line)
             if m:
-                args = [a for a in re.sub(r"\[[^\]]*\]", "", m.group(2)).split() if a not in ("CONFIG.py",)]
+                placeholders = ("CONFIG.py", "...", "--help", "-h")  # --help has its own test
+                args = [a for a in re.sub(r"\[[^\]]*\]", "", m.group(2)).split() if a not in placeholders]
                 found.append((m.group(1), tuple(args), f"{os.path.basename(path)}"))
     return sorted(set(found))
 
