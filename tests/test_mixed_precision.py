@@ -237,3 +237,19 @@ def test_gpu_check_smoke_mode_runs_every_section(tmp_path):
                    "### GRPO", "| 3 |", "all passed"):
         assert needle in text, needle
     assert "'grouped': 0," not in text  # under bf16 autocast the experts ran on the grouped path
+
+
+def test_mtp_loss_ignores_left_padding():
+    """A left-padded row scores exactly as the row alone: padding positions predict nothing, MTP included."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(**TEST_MODEL)).eval()
+    idx = torch.randint(1, 512, (1, 10))
+    targets = idx.roll(-1, 1)
+    targets[:, -1] = -100
+    pad = 5
+    padded_idx = torch.cat([torch.zeros(1, pad, dtype=torch.long), idx], 1)
+    padded_targets = torch.cat([torch.full((1, pad), -100), targets], 1)  # MTP depth 1 at position pad-1 (padding)
+    alone = model(idx, targets=targets)                                   # would predict targets[pad], a real token
+    padded = model(padded_idx, targets=padded_targets, start=torch.tensor([pad]))
+    assert torch.allclose(alone.losses["mtp"], padded.losses["mtp"], atol=1e-5)
+    assert torch.allclose(alone.losses["main"], padded.losses["main"], atol=1e-5)
