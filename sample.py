@@ -3,6 +3,8 @@
     python sample.py out/sft --prompt "What is 12 + 34?"                      # print completions
     python sample.py out/sft --task arithmetic [--split test] [--n 8]         # pass@1, pass@k, majority vote
     python sample.py out/sft --problems FILE.jsonl [--n 8]                     # evaluate given problems
+    python sample.py out/sft out/grpo --task countdown --n 4 --count 1000      # paired bootstrap CIs, after - before
+    python sample.py before.jsonl after.jsonl                                 # the same from saved outcomes
 
 Problem files, one JSON object a line: Countdown {"nums": [...], "target": n}; GSM8K in the official format
 {"question": ..., "answer": "... #### n"}; arithmetic {"question": "What is 2 + 3?", "answer": 5}.
@@ -14,7 +16,8 @@ from fractions import Fraction
 from nanor1 import checkpoint
 from nanor1.device import DTYPES, autocast, pick_device
 from nanor1.engine import generate
-from nanor1.evaluate import complete, summarize
+from nanor1.evaluate import (comparison_table, complete, load_outcomes, outcomes, paired_bootstrap, save_outcomes,
+                             summarize)
 from nanor1.jsonl import read_jsonl
 from nanor1.tasks.gsm8k import final_answer
 
@@ -45,12 +48,17 @@ def read_problems(path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a checkpoint file or an out dir holding ckpt.pt")
-    what = p.add_mutually_exclusive_group(required=True)
+    p.add_argument("checkpoint", nargs="+", help="a checkpoint file or an out dir holding ckpt.pt; two of them "
+                   "(before, after) evaluate both on the same problems and print paired bootstrap CIs; two saved "
+                   "outcome files (.jsonl) just compare")
+    what = p.add_mutually_exclusive_group(required=False)
     what.add_argument("--prompt", help="a user prompt to complete")
     what.add_argument("--task", choices=["arithmetic", "countdown", "gsm8k"], help="evaluate on a task's split")
     what.add_argument("--problems", help="evaluate the problems in this JSONL file")
-    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--save_outcomes", default=None, help="write per-problem outcomes here (with two checkpoints: "
+                   "PREFIX_before.jsonl, PREFIX_after.jsonl)")
+    p.add_argument("--bootstrap", type=int, default=10000, help="bootstrap resamples for the paired CIs")
     p.add_argument("--count", type=int, default=200, help="problems to evaluate (--task)")
     p.add_argument("--n", type=int, default=1, help="samples per problem (pass@k, majority vote)")
     p.add_argument("--temperature", type=float, default=None, help="default: 0 (greedy) for n=1, else 1.0")
@@ -73,15 +81,35 @@ def main(argv=None):
         if not ok:
             p.error(f"--{name} must be {rule}, got {getattr(args, name)}")
     temperature = args.temperature if args.temperature is not None else (0.0 if args.n == 1 else 1.0)
+    if len(args.checkpoint) > 2:
+        p.error("give one checkpoint, or two (before, after) to compare")
+    if len(args.checkpoint) == 2 and all(c.endswith(".jsonl") for c in args.checkpoint):
+        try:
+            before, after = (load_outcomes(c) for c in args.checkpoint)
+            print(comparison_table(paired_bootstrap(before, after, args.bootstrap), args.checkpoint))
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"error: {e}")
+        return
+    if not (args.prompt or args.task or args.problems):
+        p.error("one of --prompt, --task, --problems is required (or two saved outcome files to compare)")
+    if len(args.checkpoint) == 2 and args.prompt is not None:
+        p.error("--prompt takes one checkpoint")
 
     device = pick_device(args.device)
-    try:
-        model, tok, ckpt = checkpoint.load_model(args.checkpoint, device)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
-        sys.exit(f"error: {e}")
-    model.eval()
-    with autocast(device, args.dtype):
-        run(args, model, tok, ckpt, temperature)
+    evaluated = []
+    for i, path in enumerate(args.checkpoint):
+        try:
+            model, tok, ckpt = checkpoint.load_model(path, device)
+        except (FileNotFoundError, ValueError, KeyError, RuntimeError) as e:
+            sys.exit(f"error: {e}")
+        model.eval()
+        if len(args.checkpoint) == 2:
+            print(f"\n=== {['before', 'after'][i]}: {path}")
+        with autocast(device, args.dtype):
+            evaluated.append(run(args, model, tok, ckpt, temperature, ["before", "after"][i]
+                                 if len(args.checkpoint) == 2 else None))
+    if len(evaluated) == 2:
+        print("\n" + comparison_table(paired_bootstrap(*evaluated, args.bootstrap), args.checkpoint))
 
 
 def fit_budget(max_new_tokens, prompt_ids, model):
@@ -96,7 +124,8 @@ def fit_budget(max_new_tokens, prompt_ids, model):
     return min(max_new_tokens, room)
 
 
-def run(args, model, tok, ckpt, temperature):
+def run(args, model, tok, ckpt, temperature, role=None):
+    """Complete a prompt, or evaluate problems (-> their per-problem outcomes)."""
     if args.prompt is not None:
         prompt = tok.render_prompt(args.prompt)
         args.max_new_tokens = fit_budget(args.max_new_tokens, [prompt], model)
@@ -131,9 +160,15 @@ def run(args, model, tok, ckpt, temperature):
         s = samples[0]
         print(f"--- {task.prompt(problem)}\n{s['text']}\n[{'correct' if s['score'].correct else 'wrong'}]")
     label = args.problems or f"{name} {args.split}"
-    print(f"\n{label}: {len(problems)} problems, n={args.n}, temperature={temperature}")
+    print(f"\n{label}: {len(problems)} distinct problems, n={args.n}, temperature={temperature}")
     for key, value in summary.items():
         print(f"  {key:>12}: {value:.3f}" if key != "mean_length" else f"  {key:>12}: {value:.1f} tokens")
+    rows = outcomes(task, problems, results)
+    if args.save_outcomes:
+        path = args.save_outcomes if role is None else f"{args.save_outcomes}_{role}.jsonl"
+        save_outcomes(path, rows)
+        print(f"per-problem outcomes: {path}")
+    return rows
 
 
 def _make_task(name, saved_cfg, gsm8k_path):

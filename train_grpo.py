@@ -29,9 +29,9 @@ from nanor1.cli import main, report
 from nanor1.config import ConfigError, check_ranges, config_diff, config_to_dict, require
 from nanor1.device import DTYPES, autocast, pick_device, resolve_dtype
 from nanor1.engine import generate
-from nanor1.evaluate import complete, evaluate_tasks, format_evals, task_traits
+from nanor1.evaluate import evaluate_tasks, format_evals, load_outcomes, task_traits
 from nanor1.grpo import LOSS_NORMS, group_advantages, policy_loss
-from nanor1.jsonl import truncate_log
+from nanor1.jsonl import read_jsonl, truncate_log
 from nanor1.model import make_optimizer, num_params
 from nanor1.plotting import plot_metrics
 from nanor1.sft import SFTConfig, defines_model, train as train_sft
@@ -70,7 +70,9 @@ class GRPOConfig:
     kl_estimator: str = "k3"  # k1, k2 or k3 (Schulman 2020; GRPO uses k3)
     loss_norm: str = "token"  # 'sequence' (GRPO), 'token' (DAPO), 'constant' (Dr. GRPO)
     scale_adv_by_std: bool = True  # False: Dr. GRPO's mean-only advantage
-    dynamic_sampling: bool = False  # drop groups whose rewards are all equal
+    dynamic_sampling: bool = False  # DAPO: drop groups whose samples are all right or all wrong
+    refill_rounds: int = 0  # DAPO: with dynamic_sampling, sample up to this many extra rounds to fill B groups
+    overlong_buffer: int = 0  # DAPO's soft overlong punishment over the last N tokens before max_new_tokens
     mask_truncated: bool = True  # responses cut at max_new_tokens get no loss
     # optimisation
     lr: float = 1e-4  # learning rate (AdamW)
@@ -87,13 +89,15 @@ class GRPOConfig:
     # logging
     log_every: int = 1  # steps between metrics.jsonl rows
     eval_every: int = 20  # steps between held-out evaluations
+    eval_split: str = "val"  # where in-run evaluation looks: 'val' (tuning); 'test' is for reporting (sample.py)
     eval_problems: int = 200  # held-out problems (distinct, drawn without replacement)
     eval_max_new_tokens: int = 256  # token budget of each held-out answer
     eval_batch_size: int = 64  # sequences per sampling batch in evaluation
     eval_samples: int = 1  # completions per held-out problem; accuracy is their mean (pass@1)
     eval_temperature: float = 0.0  # 0: greedy; 1.0: the policy as it samples (R1 reports sampled pass@1)
     save_every: int = 50  # steps between checkpoints
-    show_completions: bool = True  # print a few greedy held-out completions at each evaluation
+    show_completions: bool = True  # print two held-out completions at each evaluation
+    completions_logged: int = 4  # held-out problems whose completions completions.md follows across steps
     progress: bool = True  # tqdm progress bars
 
     def check(self):
@@ -119,10 +123,12 @@ class GRPOConfig:
                 "must come from the policy whose log-probs the ratio uses")
         require(self.top_k == 0 and self.top_p == 1.0, "top_k", f"must be 0 and top_p 1.0 in GRPO (got {self.top_k}, "
                 f"{self.top_p}): a filtered sampler is not the policy the ratio uses")
+        require(self.eval_split in ("val", "test", "train"), "eval_split", f"must be val, test or train, got "
+                f"{self.eval_split!r}")
         check_ranges(self, positive=("steps", "prompts_per_step", "max_new_tokens", "mu", "lr", "micro_batch",
                                      "log_every", "eval_every", "eval_problems", "eval_max_new_tokens",
                                      "eval_batch_size", "eval_samples", "save_every"),
-                     non_negative=("eps_low", "eps_high", "beta", "warmup_steps", "weight_decay", "grad_clip",
+                     non_negative=("refill_rounds", "overlong_buffer", "eps_low", "eps_high", "beta", "warmup_steps", "weight_decay", "grad_clip",
                                    "eval_temperature"),
                      fractions=("beta1", "beta2"))
         self.sft.check()
@@ -185,46 +191,98 @@ def build_batch(prompts, responses, pad_id, device):
     return inputs.to(device), targets.to(device), (targets != -100).to(device)
 
 
-def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
-    """One GRPO step: sample, score, update. -> metrics dict."""
-    B, G = cfg.prompts_per_step, cfg.group_size
-    problems = task.problems("train", B, seed=cfg.seed * 1_000_003 + step)
+def sample_groups(cfg, model, tok, task, seed, n_prompts, precision):
+    """n_prompts train prompts x G samples from the policy, scored. -> list of groups, one dict per prompt:
+    prompt ids, tokens / finished / texts / scores / rewards (G each), and the generation time."""
+    G = cfg.group_size
+    problems = task.problems("train", n_prompts, seed=seed)
     prompts = [tok.render_prompt(task.prompt(p)) for p in problems]
-    precision = lambda: autocast(device, cfg.dtype)  # noqa: E731  one context for sampling, pi_old, pi_ref, update
     t0 = time.time()
     with precision():
         gen = generate(model, prompts, cfg.max_new_tokens, n=G, temperature=cfg.temperature, top_k=cfg.top_k,
-                       top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=cfg.seed * 7919 + step)
-    t_gen = time.time() - t0
-    texts = [tok.decode_response(ids) for ids in gen.tokens]
-    scores = [task.score(problems[i // G], text) for i, text in enumerate(texts)]
-    rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32).view(B, G)
-    advantages = group_advantages(rewards, cfg.scale_adv_by_std).flatten()
-    lengths = torch.tensor([len(t) for t in gen.tokens], dtype=torch.float32)
-    truncated = torch.tensor([not f for f in gen.finished])
-    zero_var = (rewards.std(1) == 0)
-    keep = torch.ones(B * G, dtype=torch.bool)
-    if cfg.dynamic_sampling:
-        keep &= ~zero_var.repeat_interleave(G)
-    metrics = {"step": step + 1, "reward": rewards.mean().item(),
+                       top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed)
+    seconds = time.time() - t0
+    groups = []
+    for j, (problem, prompt) in enumerate(zip(problems, prompts)):
+        rows = range(j * G, (j + 1) * G)
+        texts = [tok.decode_response(gen.tokens[r]) for r in rows]
+        scores = [task.score(problem, text) for text in texts]
+        lengths = [len(gen.tokens[r]) for r in rows]
+        rewards = [s.reward + overlong_penalty(n, cfg.max_new_tokens, cfg.overlong_buffer)
+                   for s, n in zip(scores, lengths)]
+        groups.append({"prompt": prompt, "tokens": [gen.tokens[r] for r in rows],
+                       "finished": [gen.finished[r] for r in rows], "texts": texts, "scores": scores,
+                       "rewards": rewards, "seconds": seconds / len(problems)})
+    return groups
+
+
+def overlong_penalty(length, max_len, buffer):
+    """DAPO's soft overlong punishment (eq. 13): 0 up to max_len - buffer, then linearly down to -1 at max_len."""
+    if buffer <= 0 or length <= max_len - buffer:
+        return 0.0
+    return max(-1.0, (max_len - buffer - length) / buffer)
+
+
+def informative(group):
+    """DAPO's dynamic-sampling filter: a group whose samples are all right or all wrong has no accuracy signal."""
+    n_correct = sum(s.correct for s in group["scores"])
+    return 0 < n_correct < len(group["scores"])
+
+
+def collect_batch(cfg, model, tok, task, step, precision):
+    """The step's groups: B prompts x G samples; with dynamic sampling, the uninformative groups are dropped and
+    (DAPO) more prompts are sampled, up to refill_rounds extra rounds, until B informative groups are in hand.
+    -> (groups to learn from, the first round's groups (unbiased: the metrics), rounds sampled)."""
+    B = cfg.prompts_per_step
+    first = sample_groups(cfg, model, tok, task, cfg.seed * 1_000_003 + step, B, precision)
+    if not cfg.dynamic_sampling:
+        return first, first, 1
+    kept, rounds = [g for g in first if informative(g)], 1
+    while len(kept) < B and rounds <= cfg.refill_rounds:
+        more = sample_groups(cfg, model, tok, task, cfg.seed * 1_000_003 + step + 7_919 * rounds, B, precision)
+        kept += [g for g in more if informative(g)]
+        rounds += 1
+    return kept[:B], first, rounds
+
+
+def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
+    """One GRPO step: sample (and refill), score, update. -> metrics dict."""
+    G = cfg.group_size
+    precision = lambda: autocast(device, cfg.dtype)  # noqa: E731  one context for sampling, pi_old, pi_ref, update
+    groups, first, rounds = collect_batch(cfg, model, tok, task, step, precision)
+    scores = [s for g in first for s in g["scores"]]
+    lengths = torch.tensor([len(t) for g in first for t in g["tokens"]], dtype=torch.float32)
+    metrics = {"step": step + 1, "reward": sum(r for g in first for r in g["rewards"]) / len(scores),
                "accuracy": sum(s.correct for s in scores) / len(scores),
                "format": sum(s.answer is not None for s in scores) / len(scores),
                "length": lengths.mean().item(), "length_min": lengths.min().item(),
-               "length_max": lengths.max().item(), "truncated": truncated.float().mean().item(),
-               "zero_variance_groups": zero_var.float().mean().item(), "gen_tokens_per_s": lengths.sum().item() / t_gen}
-    traits = [task_traits(task, text) for text in texts]  # Countdown: gave_up, dead_ends, ...; arithmetic: step_by_step
+               "length_max": lengths.max().item(),
+               "truncated": sum(not f for g in first for f in g["finished"]) / len(scores),
+               "zero_variance_groups": sum(not informative(g) for g in first) / len(first),
+               "sampling_rounds": rounds, "groups_used": len(groups),
+               "gen_tokens_per_s": lengths.sum().item() / max(sum(g["seconds"] for g in first), 1e-9)}
+    traits = [task_traits(task, t) for g in first for t in g["texts"]]  # Countdown: gave_up, ...; arithmetic: step_by_step
     metrics.update({k: sum(t[k] for t in traits) / len(traits) for k in traits[0]})
-
-    rows = sorted((i for i in range(B * G) if keep[i]), key=lambda i: len(prompts[i // G]) + len(gen.tokens[i]))
-    if not rows:  # every group was uninformative: nothing to learn, nothing measured (null in metrics.jsonl)
+    if not groups:  # every group was uninformative: nothing to learn, nothing measured (null in metrics.jsonl)
         metrics.update(updated=0, kl=None, entropy=None, clip_frac=None, grad_norm=None, loss=None, ratio=None,
                        ratio_min=None, ratio_max=None)
         return metrics
-    inputs, targets, mask = build_batch([prompts[i // G] for i in rows], [gen.tokens[i] for i in rows],
-                                        tok.pad_id, device)
+    rewards = torch.tensor([g["rewards"] for g in groups], dtype=torch.float32)  # (groups, G)
+    advantages = group_advantages(rewards, cfg.scale_adv_by_std).flatten()
+    prompts = [g["prompt"] for g in groups for _ in range(G)]
+    tokens = [t for g in groups for t in g["tokens"]]
+    truncated = torch.tensor([not f for g in groups for f in g["finished"]])
+    rows = sorted(range(len(tokens)), key=lambda i: len(prompts[i]) + len(tokens[i]))  # similar lengths together
+    inputs, targets, mask = build_batch([prompts[i] for i in rows], [tokens[i] for i in rows], tok.pad_id, device)
     if cfg.mask_truncated:
         mask &= ~truncated[rows].to(device)[:, None]
-    adv = advantages[rows].to(device)
+    metrics.update(policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask,
+                                 advantages[rows].to(device), precision, step))
+    return metrics
+
+
+def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, precision, step):
+    """mu passes of the clipped objective (+ beta KL) over the batch, in micro-batches. -> metrics dict."""
     model.train()
     old_logp = token_logprobs(model, inputs, targets, cfg.micro_batch, precision)  # pi_old = the sampling policy
     ref_logp = token_logprobs(ref_model, inputs, targets, cfg.micro_batch, precision) if cfg.beta > 0 else None
@@ -263,12 +321,11 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
         else:
             for moe in model.moe_layers():
                 moe.load.zero_()
-    metrics.update({k: v / n_micro for k, v in stats_sum.items()})
-    metrics.update(ratio=ratio_sum / n_micro, ratio_min=ratio_min, ratio_max=ratio_max)
-    metrics.update(updated=1, loss=objective, grad_norm=grad_norm,
-                   entropy=(-old_logp[mask]).mean().item() if mask.any() else 0.0,
-                   train_tokens_per_s=n_tokens * cfg.mu / (time.time() - t1))
-    return metrics
+    out = {k: v / n_micro for k, v in stats_sum.items()}
+    out.update(ratio=ratio_sum / n_micro, ratio_min=ratio_min, ratio_max=ratio_max, updated=1, loss=objective,
+               grad_norm=grad_norm, entropy=(-old_logp[mask]).mean().item() if mask.any() else 0.0,
+               train_tokens_per_s=n_tokens * cfg.mu / (time.time() - t1))
+    return out
 
 
 def defines_policy(key):
@@ -307,7 +364,7 @@ def train(cfg, on_step=None):
         truncate_log(metrics_path, step)  # rows a killed run wrote after its last checkpoint
     else:
         open(metrics_path, "w").close()
-        evals = evaluate_tasks(model, tok, [task], cfg, progress=cfg.progress)  # the cold start's held-out numbers
+        evals = evaluate(model, tok, task, cfg, 0)  # the cold start's held-out numbers
         print(f"cold start: {format_evals(evals)}")
         with open(metrics_path, "a") as f:
             f.write(json.dumps({"step": 0, **evals}) + "\n")
@@ -324,11 +381,11 @@ def train(cfg, on_step=None):
             if step % cfg.save_every == 0 or step == cfg.steps:  # saved before evaluating: a crash there loses nothing
                 save(cfg, model, optimizer, step, tok, cold)
             if step % cfg.eval_every == 0 or step == cfg.steps:
-                evals = evaluate_tasks(model, tok, [task], cfg, progress=cfg.progress)
+                evals = evaluate(model, tok, task, cfg, step)
                 metrics.update(evals)
                 bar.write(f"step {step}: reward {metrics['reward']:.3f}, held-out {format_evals(evals)}")
                 if cfg.show_completions:  # what the policy writes now (as TRL logs sample completions)
-                    bar.write(show_completions(model, tok, task, cfg, device))
+                    bar.write(completions_now(cfg, step, task))
             if step % cfg.log_every == 0 or "eval/" + task.name + "/acc" in metrics:
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
@@ -353,16 +410,40 @@ def train(cfg, on_step=None):
     return model
 
 
-def show_completions(model, tok, task, cfg, device, n=2):
-    """Greedy completions of the first n held-out problems, one line each (shortened), for the console."""
-    problems = task.problems("test", n, 1234)
-    with autocast(device, cfg.dtype):
-        results = complete(model, tok, task, problems, max_new_tokens=cfg.eval_max_new_tokens)
+def evaluate(model, tok, task, cfg, step):
+    """In-run evaluation on cfg.eval_split; per-problem outcomes to out_dir/evals/, a few fixed problems' completions
+    to out_dir/completions.jsonl and completions.md (the same problems at every evaluation)."""
+    path = os.path.join(cfg.out_dir, "evals", f"step{step:05d}_{task.name}.jsonl")
+    evals = evaluate_tasks(model, tok, [task], cfg, progress=cfg.progress, save_to=path)
+    rows = load_outcomes(path)[:cfg.completions_logged]
+    log = os.path.join(cfg.out_dir, "completions.jsonl")
+    with open(log, "w" if step == 0 else "a") as f:
+        for row in rows:
+            f.write(json.dumps({"step": step, **row}) + "\n")
+    by_problem = {}
+    for _, row in read_jsonl(log):
+        by_problem.setdefault(row["prompt"], []).append(row)
+    lines = [f"# Completions across GRPO steps ({cfg.out_dir})", "",
+             f"The first of {cfg.eval_samples} samples (T={cfg.eval_temperature}) on the same {len(by_problem)} "
+             f"{cfg.eval_split} problems at every evaluation.", ""]
+    for prompt, seen in by_problem.items():
+        lines += [f"## {prompt}", ""]
+        for row in seen:
+            lines += [f"**step {row['step']}** ({row['correct']}/{row['n']} correct, {row['length']:.0f} tokens)",
+                      "", "```", row["completion"], "```", ""]
+    with open(os.path.join(cfg.out_dir, "completions.md"), "w") as f:
+        f.write("\n".join(lines))
+    return evals
+
+
+def completions_now(cfg, step, task, n=2):
+    """The newest completions of the first n logged problems, one line each (shortened), for the console."""
+    rows = load_outcomes(os.path.join(cfg.out_dir, "evals", f"step{step:05d}_{task.name}.jsonl"))[:n]
     lines = []
-    for problem, (sample,) in zip(problems, results):
-        text = sample["text"].replace("\n", " ")
+    for row in rows:
+        text = row["completion"].replace("\n", " | ")
         text = text if len(text) <= 160 else text[:100] + " ... " + text[-55:]
-        lines.append(f"  {task.prompt(problem)[:60]} -> {text} [{'correct' if sample['score'].correct else 'wrong'}]")
+        lines.append(f"  {row['prompt'][:60]} -> {text} [{row['correct']}/{row['n']} correct]")
     return "\n".join(lines)
 
 

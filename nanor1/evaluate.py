@@ -6,12 +6,17 @@ the n samples by the task's vote key (a number's value, a Countdown expression's
 and scores it.
 """
 import collections
+import json
 import math
+import os
+
+import numpy as np
 
 from tqdm import tqdm
 
 from nanor1.device import autocast
 from nanor1.engine import generate
+from nanor1.jsonl import read_jsonl
 
 
 def pass_at_k(n, c, k):
@@ -87,18 +92,23 @@ def summarize(results, ks=(1,)):
     return out
 
 
-def evaluate_tasks(model, tok, tasks, cfg, seed=1234, progress=False):
+def evaluate_tasks(model, tok, tasks, cfg, seed=1234, progress=False, save_to=None):
     """Held-out pass@1 (greedy, or the mean over eval_samples sampled completions) and mean response length
-    per task -> {"eval/<task>/acc": ..., "eval/<task>/len": ...}."""
+    per task on cfg.eval_split ('val' while training: the test split is for reporting) -> {"eval/<task>/acc": ...,
+    "eval/<task>/len": ...}. save_to: a path pattern with {task}: the per-problem outcomes are written there."""
     out = {}
     device = next(model.parameters()).device
     for task in tasks:
-        problems = task.problems("test", cfg.eval_problems, seed)
+        problems = task.problems(cfg.eval_split, cfg.eval_problems, seed)
+        if not problems:
+            raise ValueError(f"{task.name}: the {cfg.eval_split} split has no problems to evaluate on")
         with autocast(device, cfg.dtype):  # evaluate in the precision the run trains in
             results = complete(model, tok, task, problems, n=cfg.eval_samples, temperature=cfg.eval_temperature,
                                max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
                                seed=seed, progress=progress)
         summary = summarize(results)
+        if save_to:
+            save_outcomes(save_to.format(task=task.name), outcomes(task, problems, results))
         out[f"eval/{task.name}/acc"] = summary["pass@1"]
         out[f"eval/{task.name}/len"] = summary["mean_length"]
         for key in task_traits(task, ""):  # e.g. Countdown's gave_up: how often the policy gives up
@@ -115,3 +125,60 @@ def format_evals(evals):
             parts.append(task)
         parts[-1] += f" {name} {value:.3f}" if name != "len" else f" {name} {value:.1f}"
     return "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------ per-problem outcomes, paired CIs
+
+def outcomes(task, problems, results):
+    """One row per problem: id, prompt, samples n, correct count, mean length (tokens), first completion."""
+    return [{"id": str(p["id"]), "prompt": task.prompt(p), "n": len(r), "correct": sum(s["score"].correct for s in r),
+             "length": sum(len(s["ids"]) for s in r) / len(r), "completion": r[0]["text"]}
+            for p, r in zip(problems, results)]
+
+
+def save_outcomes(path, rows):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def load_outcomes(path):
+    rows = [row for _, row in read_jsonl(path)]
+    for where, row in zip(range(1, len(rows) + 1), rows):
+        if not all(k in row for k in ("id", "n", "correct", "length")):
+            raise ValueError(f"{path}:{where}: not a per-problem outcome (needs id, n, correct, length)")
+    return rows
+
+
+def paired_bootstrap(before, after, n_boot=10_000, seed=0, level=0.95):
+    """Paired comparison of two evaluations on the same problems (matched by id): for pass@1 (the per-problem share
+    of correct samples) and mean length, the mean of each, the mean difference after - before, and a percentile
+    bootstrap CI of that difference resampling problems (Efron & Tibshirani 1993). -> dict per metric."""
+    b = {r["id"]: r for r in before}
+    pairs = [(b[r["id"]], r) for r in after if r["id"] in b]
+    if not pairs:
+        raise ValueError("the two evaluations share no problem id")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(pairs), size=(n_boot, len(pairs)))
+    out = {"problems": len(pairs)}
+    for name, value in (("pass@1", lambda r: r["correct"] / r["n"]), ("length", lambda r: r["length"])):
+        x = np.array([value(p) for p, _ in pairs])
+        y = np.array([value(q) for _, q in pairs])
+        boot = (y - x)[idx].mean(1)
+        lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+        out[name] = {"before": x.mean(), "after": y.mean(), "diff": (y - x).mean(), "lo": lo, "hi": hi,
+                     "rel": (y.mean() - x.mean()) / x.mean() if x.mean() else float("nan")}
+    return out
+
+
+def comparison_table(cmp, names=("before", "after")):
+    """Markdown: the paired bootstrap's numbers for pass@1 and length."""
+    lines = [f"| metric ({cmp['problems']} problems, paired) | {names[0]} | {names[1]} | difference | 95% CI | "
+             "relative |", "|---|---|---|---|---|---|"]
+    for key in ("pass@1", "length"):
+        c = cmp[key]
+        fmt = ".3f" if key == "pass@1" else ".1f"
+        lines.append(f"| {key} | {c['before']:{fmt}} | {c['after']:{fmt}} | {c['diff']:+{fmt}} | "
+                     f"[{c['lo']:+{fmt}}, {c['hi']:+{fmt}}] | {c['rel']:+.1%} |")
+    return "\n".join(lines)

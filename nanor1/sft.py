@@ -44,6 +44,7 @@ class SFTConfig:
     tasks: dict[str, float] = dataclasses.field(default_factory=lambda: {"arithmetic": 1.0})  # task -> share weight
     data_file: str = ""  # a JSONL of {prompt, response} to train on instead of tasks
     n_examples: int = 20000  # size of the pool of SFT examples drawn from the tasks
+    train_problems: int = 0  # distinct train problems the examples come from (0: up to n_examples)
     max_len: int = 256  # longer examples are dropped (counted in the log)
     vocab_size: int = 1024  # tokenizer size (trained on the tasks' text when missing)
     tokenizer_dir: str = ""  # "" = out_dir/tokenizer (trained on the tasks' text when missing)
@@ -66,6 +67,7 @@ class SFTConfig:
     # logging, evaluation, checkpoints
     log_every: int = 10  # steps between metrics.jsonl rows
     eval_every: int = 250  # 0 = only at the end
+    eval_split: str = "val"  # where in-run evaluation looks: 'val' (tuning); 'test' is for reporting (sample.py)
     eval_problems: int = 100  # held-out problems per task
     eval_max_new_tokens: int = 64  # token budget of each held-out answer
     eval_batch_size: int = 64  # sequences per sampling batch in evaluation
@@ -79,10 +81,12 @@ class SFTConfig:
         check_ranges(self, positive=("n_examples", "max_len", "vocab_size", "batch_size", "grad_accum", "lr",
                                      "log_every", "eval_problems", "eval_max_new_tokens", "eval_batch_size",
                                      "eval_samples", "save_every"),
-                     non_negative=("max_steps", "warmup_steps", "weight_decay", "grad_clip", "eval_every",
+                     non_negative=("max_steps", "train_problems", "warmup_steps", "weight_decay", "grad_clip", "eval_every",
                                    "eval_temperature"),
                      fractions=("min_lr_frac", "beta1", "beta2"))
         require(self.dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}, got {self.dtype!r}")
+        require(self.eval_split in ("val", "test", "train"), "eval_split", f"must be val, test or train, got "
+                f"{self.eval_split!r}")
         unknown = [t for t in self.tasks if t not in TASKS]
         require(not unknown, "tasks", f"names unknown tasks {unknown} (known: {', '.join(TASKS)})")
         require(all(w >= 0 for w in self.tasks.values()), "tasks", "weights must be >= 0")
@@ -101,7 +105,8 @@ _HOW = ("model.attn_impl", "model.loss_impl", "model.moe_impl", "gsm8k.path", "g
 
 def defines_model(key):
     return key.startswith(("model.", "arithmetic.", "countdown.", "gsm8k.")) and key not in _HOW or key in (
-        "tasks", "data_file", "n_examples", "max_len", "vocab_size", "seed", "tokenizer_dir", "init_from")
+        "tasks", "data_file", "n_examples", "train_problems", "max_len", "vocab_size", "seed", "tokenizer_dir",
+        "init_from")
 
 
 def read_jsonl_pairs(path):
@@ -124,7 +129,9 @@ def build_examples(cfg, tok):
         pairs = []
         for task in make_tasks(cfg, cfg.tasks):
             n = round(cfg.n_examples * cfg.tasks[task.name] / total)
-            pairs += [(task.prompt(p), task.sft_target(p, rng)) for p in task.problems("train", n, cfg.seed)]
+            # the distinct problems SFT may see; each is used equally often, every use with its own target
+            pool = task.problems("train", min(n, cfg.train_problems or n), cfg.seed)
+            pairs += [(task.prompt(p), task.sft_target(p, rng)) for p in (pool[i % len(pool)] for i in range(n))]
     examples, dropped = [], 0
     for prompt, response in pairs:
         ids, mask = tok.render(prompt, response)

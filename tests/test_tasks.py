@@ -147,7 +147,7 @@ def test_countdown_checker_rejects_reused_or_foreign_numbers():
 # or NANOR1_GSM8K=/path/to/gsm8k), so the full check runs in CI without the suite depending on it.
 _FULL_GSM8K = os.environ.get("NANOR1_GSM8K") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                                               "gsm8k")
-GSM8K_SETS = [("fixture", os.path.join(os.path.dirname(__file__), "data", "gsm8k"), (24, 12))] + (
+GSM8K_SETS = [("fixture", os.path.join(os.path.dirname(__file__), "data", "gsm8k"), (28, 12))] + (
     [("official", _FULL_GSM8K, (7473, 1319))] if os.path.exists(os.path.join(_FULL_GSM8K, "test.jsonl")) else [])
 
 

@@ -1,6 +1,8 @@
 """The tasks, each behind the same small interface:
 
-    task.problems(split, n, seed) -> list of problem dicts (each has an 'id')   split: 'train' | 'test'
+    task.problems(split, n, seed) -> n DISTINCT problem dicts (each has an 'id'), drawn without replacement;
+                                     the whole split in a seeded order when it has fewer than n.
+                                     split: 'train' | 'val' (tuning, in-run evaluation) | 'test' (reporting)
     task.prompt(problem)          -> the user's text
     task.sft_target(problem, rng) -> a response "<think>...</think><answer>...</answer>"
     task.score(problem, text)     -> verify.Score(format, correctness, correct, answer); .reward is the total
@@ -8,7 +10,6 @@
 import random
 
 from nanor1.config import ConfigError
-
 from nanor1.tasks.arithmetic import Arithmetic, ArithmeticConfig
 from nanor1.tasks.countdown import Countdown, CountdownConfig
 from nanor1.tasks.gsm8k import GSM8K, GSM8KConfig

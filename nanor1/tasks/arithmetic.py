@@ -10,9 +10,8 @@ writes one partial product per digit of b, then their sum.
 The split is by problem: a problem is in test iff a hash of it says so, so train and test never share one.
 """
 import dataclasses
-import random
-import zlib
 
+from nanor1.tasks.splits import draw_distinct, split_by_hash
 from nanor1.tasks.verify import Rewards, number_vote, parse_number, score
 
 OPS = ("+", "-", "*")
@@ -25,10 +24,15 @@ class ArithmeticConfig:
     ops: tuple[str, ...] = OPS  # operators drawn from
     step_frac: float = 0.5  # share of SFT targets written step by step (the rest answer directly)
     test_frac: float = 0.1  # share of all problems reserved for the test split
+    val_frac: float = 0.05  # share reserved for validation (in-run evaluation, tuning)
 
 
-def _in_test(a, op, b, test_frac):
-    return zlib.crc32(f"{a}{op}{b}".encode()) % 1000 < test_frac * 1000
+def split_key(a, op, b):
+    """The key a problem is split on: for commutative + and * the unordered pair, so "4 + 7" in train never
+    leaks "7 + 4" into test."""
+    if op in "+*":
+        a, b = min(a, b), max(a, b)
+    return f"{a}{op}{b}"
 
 
 class Arithmetic:
@@ -37,6 +41,7 @@ class Arithmetic:
     def __init__(self, cfg=None, rewards=None):
         self.cfg = cfg or ArithmeticConfig()
         self.rewards = rewards or Rewards()
+        self._universe = {}
         bad = [op for op in self.cfg.ops if op not in OPS]
         if bad or not 1 <= self.cfg.min_digits <= self.cfg.max_digits:
             raise ValueError(f"arithmetic: ops must be from {OPS} and 1 <= min_digits <= max_digits, got "
@@ -46,17 +51,31 @@ class Arithmetic:
         digits = rng.randint(self.cfg.min_digits, self.cfg.max_digits)
         return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
 
+    def split_of(self, a, op, b):
+        return split_by_hash(split_key(a, op, b), self.cfg.test_frac, self.cfg.val_frac)
+
+    @staticmethod
+    def _problem(a, op, b):
+        answer = a + b if op == "+" else a - b if op == "-" else a * b
+        return {"id": f"{a}{op}{b}", "a": a, "b": b, "op": op, "answer": answer}
+
+    def universe(self, split):
+        """Every problem of the split (None when the operand range is too large to list)."""
+        lo = 0 if self.cfg.min_digits == 1 else 10 ** (self.cfg.min_digits - 1)
+        numbers = range(lo, 10 ** self.cfg.max_digits)
+        if len(numbers) ** 2 * len(self.cfg.ops) > 1_000_000:
+            return None
+        if split not in self._universe:
+            self._universe[split] = [self._problem(a, op, b) for op in self.cfg.ops for a in numbers for b in numbers
+                                     if self.split_of(a, op, b) == split]
+        return self._universe[split]
+
     def problems(self, split, n, seed):
-        """n problems of `split` ('train' or 'test'), the same for the same seed."""
-        rng = random.Random(f"arithmetic-{split}-{seed}")
-        out = []
-        while len(out) < n:
+        """n distinct problems of `split`, the same for the same seed (see nanor1/tasks/__init__.py)."""
+        def draw(rng):
             a, b, op = self._number(rng), self._number(rng), rng.choice(self.cfg.ops)
-            if _in_test(a, op, b, self.cfg.test_frac) != (split == "test"):
-                continue
-            answer = a + b if op == "+" else a - b if op == "-" else a * b
-            out.append({"id": f"{a}{op}{b}", "a": a, "b": b, "op": op, "answer": answer})
-        return out
+            return self._problem(a, op, b) if self.split_of(a, op, b) == split else None
+        return draw_distinct(self.universe(split), draw, n, f"arithmetic-{split}-{seed}")
 
     def prompt(self, problem):
         if "question" in problem:  # a problem given as text (sample.py --problems)

@@ -20,9 +20,12 @@ end; GRPO can teach it to keep searching (longer responses, more right answers):
 import collections
 import dataclasses
 import functools
+import itertools
+import math
 import random
 import zlib
 
+from nanor1.tasks.splits import draw_distinct, split_by_hash
 from nanor1.tasks.verify import Rewards, VerifyError, evaluate, expression_vote, score
 
 
@@ -35,6 +38,7 @@ class CountdownConfig:
     max_target: int = 100  # largest target
     heldout_frac: float = 0.1  # share of target values never seen in train
     test_frac: float = 0.1  # share of (numbers, target) problems reserved for test
+    val_frac: float = 0.05  # share reserved for validation (in-run evaluation, tuning)
     give_up: float = 0.3  # SFT traces give up after each dead end with this probability (geometric budgets)
     max_value: int = 0  # moves whose result exceeds this are not legal (0: no cap); keeps the arithmetic small
 
@@ -154,26 +158,51 @@ class Countdown:
                 and cfg.min_target <= cfg.max_target and 0 <= cfg.give_up < 1
                 and (not cfg.max_value or cfg.max_value >= cfg.max_target)):
             raise ValueError(f"countdown: bad config {cfg}")
+        self._universe = {}
         targets = list(range(cfg.min_target, cfg.max_target + 1))
         n_heldout = round(cfg.heldout_frac * len(targets))
         self.heldout_targets = frozenset(random.Random("countdown-heldout").sample(targets, n_heldout))
 
     def split_of(self, nums, target):
-        test = zlib.crc32(f"{sorted(nums)}{target}".encode()) % 1000 < self.cfg.test_frac * 1000
-        return "test" if test or target in self.heldout_targets else "train"
+        """Split on the number multiset and target; held-out target values are always test."""
+        if target in self.heldout_targets:
+            return "test"
+        return split_by_hash(f"{sorted(nums)}{target}", self.cfg.test_frac, self.cfg.val_frac)
+
+    def _targets(self, nums, split):
+        reach = reachable(tuple(sorted(nums)), self.cfg.max_value)
+        return [t for t in range(self.cfg.min_target, self.cfg.max_target + 1)
+                if t in reach and t not in nums and self.split_of(nums, t) == split]
+
+    @staticmethod
+    def _problem(nums, target):
+        """A problem; its numbers in an order fixed by the problem (prompts do not list them sorted)."""
+        nums = sorted(nums)
+        random.Random(zlib.crc32(f"{nums}{target}".encode())).shuffle(nums)
+        return {"id": f"{' '.join(map(str, sorted(nums)))}->{target}", "nums": nums, "target": target}
+
+    def universe(self, split):
+        """Every problem of the split (None when there are too many number multisets to list)."""
+        cfg = self.cfg
+        span = cfg.max_number - cfg.min_number + 1
+        if sum(math.comb(span + k - 1, k) for k in cfg.n_numbers) > 20_000:
+            return None
+        if split not in self._universe:
+            numbers = range(cfg.min_number, cfg.max_number + 1)
+            self._universe[split] = [self._problem(list(nums), t) for k in sorted(cfg.n_numbers)
+                                     for nums in itertools.combinations_with_replacement(numbers, k)
+                                     for t in self._targets(nums, split)]
+        return self._universe[split]
 
     def problems(self, split, n, seed):
-        cfg, rng = self.cfg, random.Random(f"countdown-{split}-{seed}")
-        out = []
-        while len(out) < n:
+        """n distinct problems of `split`, the same for the same seed (see nanor1/tasks/__init__.py)."""
+        cfg = self.cfg
+
+        def draw(rng):
             nums = [rng.randint(cfg.min_number, cfg.max_number) for _ in range(rng.choice(cfg.n_numbers))]
-            reach = reachable(tuple(sorted(nums)), cfg.max_value)
-            targets = [t for t in range(cfg.min_target, cfg.max_target + 1)
-                       if t in reach and t not in nums and self.split_of(nums, t) == split]
-            if targets:
-                target = rng.choice(targets)
-                out.append({"id": f"{' '.join(map(str, nums))}->{target}", "nums": nums, "target": target})
-        return out
+            targets = self._targets(nums, split)
+            return self._problem(nums, rng.choice(targets)) if targets else None
+        return draw_distinct(self.universe(split), draw, n, f"countdown-{split}-{seed}")
 
     def prompt(self, problem):
         return f"Make {problem['target']} from {' '.join(map(str, problem['nums']))} with + - * /, each number at most once."

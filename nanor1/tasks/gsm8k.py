@@ -12,6 +12,7 @@ import re
 import urllib.request
 
 from nanor1.jsonl import read_jsonl
+from nanor1.tasks.splits import split_by_hash
 from nanor1.tasks.verify import Rewards, VerifyError, number_vote, parse_number, score
 
 URL = "https://raw.githubusercontent.com/openai/grade-school-math/master/grade_school_math/data/{split}.jsonl"
@@ -70,8 +71,17 @@ class GSM8K:
         self._cache = {}
 
     def all(self, split):
+        """'test': the official test set; 'val': a fixed 5% of the official train set (by a hash of the question),
+        for tuning; 'train': the rest of it."""
         if split not in self._cache:
-            self._cache[split] = load(self.cfg.path, split, self.cfg.download)
+            if split == "test":
+                self._cache[split] = load(self.cfg.path, "test", self.cfg.download)
+            elif split in ("train", "val"):
+                rows = load(self.cfg.path, "train", self.cfg.download)
+                self._cache["val"] = [r for r in rows if split_by_hash(r["question"], 0.0, 0.05) == "val"]
+                self._cache["train"] = [r for r in rows if split_by_hash(r["question"], 0.0, 0.05) == "train"]
+            else:
+                raise ValueError(f"gsm8k: split must be train, val or test, got {split!r}")
         return self._cache[split]
 
     def problems(self, split, n, seed):
