@@ -34,7 +34,7 @@ from nanor1.grpo import LOSS_NORMS, group_advantages, policy_loss
 from nanor1.jsonl import read_jsonl, truncate_log
 from nanor1.model import make_optimizer, num_params
 from nanor1.plotting import plot_metrics
-from nanor1.sft import SFTConfig, defines_model, train as train_sft
+from nanor1.sft import SFTConfig, budget_spent, defines_model, train as train_sft
 from nanor1.tasks import ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards, make_tasks
 
 
@@ -99,6 +99,8 @@ class GRPOConfig:
     show_completions: bool = True  # print two held-out completions at each evaluation
     completions_logged: int = 4  # held-out problems whose completions completions.md follows across steps
     progress: bool = True  # tqdm progress bars
+    time_budget_min: float = 0.0  # stop cleanly (save, evaluate, plot) this many minutes after the start, cold
+    #   start included (the SFT stage has its own sft.time_budget_min); 0: no limit
 
     def check(self):
         if self.loss_norm not in LOSS_NORMS:
@@ -128,7 +130,8 @@ class GRPOConfig:
         check_ranges(self, positive=("steps", "prompts_per_step", "max_new_tokens", "mu", "lr", "micro_batch",
                                      "log_every", "eval_every", "eval_problems", "eval_max_new_tokens",
                                      "eval_batch_size", "eval_samples", "save_every"),
-                     non_negative=("refill_rounds", "overlong_buffer", "eps_low", "eps_high", "beta", "warmup_steps", "weight_decay", "grad_clip",
+                     non_negative=("time_budget_min", "refill_rounds", "overlong_buffer", "eps_low", "eps_high", "beta",
+                                   "warmup_steps", "weight_decay", "grad_clip",
                                    "eval_temperature"),
                      fractions=("beta1", "beta2"))
         self.sft.check()
@@ -261,7 +264,7 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
                "zero_variance_groups": sum(not informative(g) for g in first) / len(first),
                "sampling_rounds": rounds, "groups_used": len(groups),
                "gen_tokens_per_s": lengths.sum().item() / max(sum(g["seconds"] for g in first), 1e-9)}
-    traits = [task_traits(task, t) for g in first for t in g["texts"]]  # Countdown: gave_up, ...; arithmetic: step_by_step
+    traits = [task_traits(task, t) for g in first for t in g["texts"]]  # Countdown: gave_up...; arithmetic: step_by_step
     metrics.update({k: sum(t[k] for t in traits) / len(traits) for k in traits[0]})
     if not groups:  # every group was uninformative: nothing to learn, nothing measured (null in metrics.jsonl)
         metrics.update(updated=0, kl=None, entropy=None, clip_frac=None, grad_norm=None, loss=None, ratio=None,
@@ -336,6 +339,7 @@ def defines_policy(key):
 
 def train(cfg, on_step=None):
     cfg.check()
+    t_launch = time.time()
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     checkpoint.open_run(cfg.out_dir, cfg.resume, cfg.overwrite, config_to_dict(cfg), defines_policy)
@@ -371,16 +375,19 @@ def train(cfg, on_step=None):
     first_evals, start_step, t_start = dict(evals), step, time.time()
     bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, desc="grpo")
     try:
-        while step < cfg.steps:
+        out_of_time = budget_spent(cfg, t_launch)
+        while step < cfg.steps and not out_of_time:
             for group in optimizer.param_groups:  # linear warmup, then constant
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
             metrics = grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device)
             step += 1
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward']:.2f}", len=f"{metrics['length']:.0f}")
-            if step % cfg.save_every == 0 or step == cfg.steps:  # saved before evaluating: a crash there loses nothing
+            out_of_time = budget_spent(cfg, t_launch)
+            last = step == cfg.steps or out_of_time  # the budget's last step is a final step: save, evaluate
+            if step % cfg.save_every == 0 or last:  # saved before evaluating: a crash there loses nothing
                 save(cfg, model, optimizer, step, tok, cold)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            if step % cfg.eval_every == 0 or last:
                 evals = evaluate(model, tok, task, cfg, step)
                 metrics.update(evals)
                 bar.write(f"step {step}: reward {metrics['reward']:.3f}, held-out {format_evals(evals)}")
@@ -404,7 +411,9 @@ def train(cfg, on_step=None):
                              + ["reward", "accuracy", "length", "truncated", "zero_variance_groups", "kl", "entropy",
                                 "clip_frac", "grad_norm", "gen_tokens_per_s"] + trait_keys,
                              title=f"GRPO {cfg.out_dir}")
-    report("grpo done", steps=f"{start_step} -> {step} in {time.time() - t_start:.0f} s",
+    stopped = f" (time budget of {cfg.time_budget_min:g} min reached; --resume=true continues)" if out_of_time else ""
+    report("grpo done", steps=f"{start_step} -> {step} of {cfg.steps} in {time.time() - t_start:.0f} s "
+           f"({time.time() - t_launch:.0f} s with the cold start){stopped}",
            held_out=(f"{format_evals(first_evals)}  ->  " if first_evals else "") + format_evals(evals),
            checkpoint=os.path.join(cfg.out_dir, "ckpt.pt"), plot=plot_path or "(none: matplotlib is not installed)")
     return model

@@ -75,13 +75,15 @@ class SFTConfig:
     eval_temperature: float = 0.0  # 0: greedy; 1: the policy as it samples (R1 reports sampled pass@1)
     save_every: int = 250  # steps between checkpoints
     progress: bool = True  # tqdm bar
+    time_budget_min: float = 0.0  # stop cleanly (save, evaluate, plot) after this many minutes; 0: no limit
 
     def check(self):
         """Every key in range, so a typo fails in the first second rather than at step 250."""
         check_ranges(self, positive=("n_examples", "max_len", "vocab_size", "batch_size", "grad_accum", "lr",
                                      "log_every", "eval_problems", "eval_max_new_tokens", "eval_batch_size",
                                      "eval_samples", "save_every"),
-                     non_negative=("max_steps", "train_problems", "warmup_steps", "weight_decay", "grad_clip", "eval_every",
+                     non_negative=("max_steps", "train_problems", "time_budget_min", "warmup_steps", "weight_decay",
+                                   "grad_clip", "eval_every",
                                    "eval_temperature"),
                      fractions=("min_lr_frac", "beta1", "beta2"))
         require(self.dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}, got {self.dtype!r}")
@@ -299,9 +301,9 @@ def train(cfg, on_step=None):
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not (master and cfg.progress), desc="sft")
     moe_layers = model.moe_layers()
     t_start = t_last = time.time()
-    tokens_since, start_step, evals = 0, step, {}
+    tokens_since, start_step, evals, out_of_time = 0, step, {}, False
     try:
-        while step < cfg.max_steps:
+        while step < cfg.max_steps and not out_of_time:
             model.train()
             lr = lr_at(cfg, step)
             for group in optimizer.param_groups:
@@ -334,15 +336,17 @@ def train(cfg, on_step=None):
             metrics = {"step": step, **totals, "lr": lr, "grad_norm": grad_norm, "moe_max_over_mean": imbalance}
             bar.update(1)
             bar.set_postfix(loss=f"{totals['loss']:.3f}")
-            if step % cfg.save_every == 0 or step == cfg.max_steps:  # saved before evaluating: nothing lost to a crash
+            out_of_time = budget_spent(cfg, t_start, world, device)
+            last = step == cfg.max_steps or out_of_time  # the budget's last step is a final step: save, evaluate
+            if step % cfg.save_every == 0 or last:  # saved before evaluating: nothing lost to a crash
                 check_replicas(model, world)
                 if master:
                     save_checkpoint(cfg, model, optimizer, step, tok)
-            if master and (step % cfg.log_every == 0 or step == cfg.max_steps):
+            if master and (step % cfg.log_every == 0 or last):
                 now = time.time()
                 metrics["tokens_per_s"] = tokens_since / (now - t_last)
                 t_last, tokens_since = now, 0
-                if (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.max_steps:
+                if (cfg.eval_every and step % cfg.eval_every == 0) or last:
                     evals = evaluate_tasks(model, tok, eval_tasks, cfg, progress=cfg.progress)
                     metrics.update(evals)
                     bar.write(f"step {step}: loss {totals['loss']:.4f}, " + format_evals(evals))
@@ -362,11 +366,24 @@ def train(cfg, on_step=None):
         plotted = plot_metrics(metrics_path, plot_path,
                                ["loss", "main", "mtp", "aux", "lr", "grad_norm", "moe_max_over_mean", "tokens_per_s"]
                                + [k for k in _eval_keys(eval_tasks)], title=f"SFT {cfg.out_dir}")
-        report("sft done", steps=f"{start_step} -> {step} in {time.time() - t_start:.0f} s",
+        stopped = f" (time budget of {cfg.time_budget_min:g} min reached; --resume=true continues)" \
+            if out_of_time else ""
+        report("sft done", steps=f"{start_step} -> {step} of {cfg.max_steps} in {time.time() - t_start:.0f} s"
+                                 f"{stopped}",
                held_out=format_evals(evals) or "(not evaluated)",
                checkpoint=os.path.join(cfg.out_dir, "ckpt.pt"),
                plot=plotted or "(none: matplotlib is not installed)")
     return model
+
+
+def budget_spent(cfg, t_start, world=1, device=None):
+    """Has the run used its time_budget_min? Under DDP rank 0's clock decides for all (no rank stops alone)."""
+    spent = bool(cfg.time_budget_min) and time.time() - t_start >= 60 * cfg.time_budget_min
+    if world > 1:
+        flag = torch.tensor([float(spent)], device=device)
+        dist.broadcast(flag, src=0)
+        spent = bool(flag.item())
+    return spent
 
 
 def _eval_keys(tasks):

@@ -173,8 +173,9 @@ def test_sample_py_clamps_and_explains(tmp_path, capsys):
 
 
 def test_triton_requested_on_cpu_after_gpu_compilation_says_what_to_do(monkeypatch):
+    import importlib
     from nanor1 import kernels
-    import nanor1.kernels.attention  # noqa: F401  the kernels are defined (here: for the interpreter)
+    importlib.import_module("nanor1.kernels.attention")  # the kernels are defined (here: for the interpreter)
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         kernels.mla_attention(*[torch.zeros(1, 1, 2, 8)] * 3, torch.zeros(1, 2, 8), torch.zeros(1, 1, 2, 8), 0.1,
@@ -187,3 +188,31 @@ def test_device_auto_prefers_cuda_then_mps_then_cpu(monkeypatch):
     assert pick_device("auto").type == "mps"
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     assert pick_device("auto").type == "cpu"
+
+
+def test_a_time_budget_stops_cleanly_and_resume_continues(tmp_path, capsys, monkeypatch):
+    clock = iter(range(0, 10 ** 6, 20))  # every call to time.time() advances 20 s: the budget (1 min) ends soon
+    monkeypatch.setattr(sft.time, "time", lambda: float(next(clock)))
+    sft.train(sft_config(tmp_path, "--max_steps=50", "--save_every=100", "--time_budget_min=1"))
+    out = capsys.readouterr().out
+    step = checkpoint.load(tmp_path)["step"]
+    assert 0 < step < 50 and "time budget of 1 min reached" in out
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert rows[-1]["step"] == step and "eval/arithmetic/acc" in rows[-1]  # evaluated and saved at the last step
+    monkeypatch.undo()
+    sft.train(sft_config(tmp_path, "--max_steps=50", "--save_every=100", "--resume=true"))
+    assert checkpoint.load(tmp_path)["step"] == 50
+
+
+def test_grpo_time_budget_counts_from_the_start_and_evaluates_at_the_end(tmp_path, capsys, monkeypatch):
+    cfg = load_config(train_grpo.GRPOConfig, [GRPO_TEST, f"--out_dir={tmp_path / 'grpo'}",
+                                              f"--sft.out_dir={tmp_path / 'sft'}", "--steps=50", "--eval_every=100",
+                                              "--time_budget_min=2"]).check()
+    train_grpo.cold_start(cfg)
+    clock = iter(range(0, 10 ** 6, 30))
+    monkeypatch.setattr(train_grpo.time, "time", lambda: float(next(clock)))
+    train_grpo.train(cfg)
+    step = checkpoint.load(tmp_path / "grpo")["step"]
+    rows = [json.loads(line) for line in open(tmp_path / "grpo" / "metrics.jsonl")]
+    assert 0 < step < 50 and rows[-1]["step"] == step and "eval/arithmetic/acc" in rows[-1]
+    assert "time budget of 2 min reached" in capsys.readouterr().out
