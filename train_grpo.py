@@ -22,19 +22,21 @@ import os
 import time
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from nanor1 import checkpoint
 from nanor1.cli import main, report
 from nanor1.config import ConfigError, check_ranges, config_diff, config_to_dict, require
-from nanor1.device import DTYPES, autocast, pick_device, resolve_dtype
+from nanor1.device import DTYPES, autocast, resolve_dtype
 from nanor1.engine import generate
 from nanor1.evaluate import evaluate_tasks, format_evals, load_outcomes, task_traits
 from nanor1.grpo import LOSS_NORMS, group_advantages, policy_loss
 from nanor1.jsonl import read_jsonl, truncate_log
 from nanor1.model import make_optimizer, num_params
 from nanor1.plotting import plot_metrics
-from nanor1.sft import SFTConfig, budget_spent, defines_model, train as train_sft
+from nanor1.sft import (SFTConfig, budget_spent, defines_model, setup_distributed, sync_moe_load,
+                        train as train_sft)
 from nanor1.tasks import ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards, make_tasks
 
 
@@ -194,16 +196,17 @@ def build_batch(prompts, responses, pad_id, device):
     return inputs.to(device), targets.to(device), (targets != -100).to(device)
 
 
-def sample_groups(cfg, model, tok, task, seed, n_prompts, precision):
+def sample_groups(cfg, model, tok, task, seed, n_prompts, precision, rank=0, world=1):
     """n_prompts train prompts x G samples from the policy, scored. -> list of groups, one dict per prompt:
-    prompt ids, tokens / finished / texts / scores / rewards (G each), and the generation time."""
+    prompt ids, tokens / finished / texts / scores / rewards (G each), and the generation time.
+    Under torchrun each rank takes every world-th prompt (whole groups stay on one rank)."""
     G = cfg.group_size
-    problems = task.problems("train", n_prompts, seed=seed)
+    problems = task.problems("train", n_prompts, seed=seed)[rank::world]
     prompts = [tok.render_prompt(task.prompt(p)) for p in problems]
     t0 = time.time()
     with precision():
         gen = generate(model, prompts, cfg.max_new_tokens, n=G, temperature=cfg.temperature, top_k=cfg.top_k,
-                       top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed)
+                       top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed + 1_000_033 * rank)
     seconds = time.time() - t0
     groups = []
     for j, (problem, prompt) in enumerate(zip(problems, prompts)):
@@ -232,27 +235,28 @@ def informative(group):
     return 0 < n_correct < len(group["scores"])
 
 
-def collect_batch(cfg, model, tok, task, step, precision):
+def collect_batch(cfg, model, tok, task, step, precision, rank=0, world=1):
     """The step's groups: B prompts x G samples; with dynamic sampling, the uninformative groups are dropped and
     (DAPO) more prompts are sampled, up to refill_rounds extra rounds, until B informative groups are in hand.
     -> (groups to learn from, the first round's groups (unbiased: the metrics), rounds sampled)."""
     B = cfg.prompts_per_step
-    first = sample_groups(cfg, model, tok, task, cfg.seed * 1_000_003 + step, B, precision)
+    first = sample_groups(cfg, model, tok, task, cfg.seed * 1_000_003 + step, B, precision, rank, world)
     if not cfg.dynamic_sampling:
         return first, first, 1
     kept, rounds = [g for g in first if informative(g)], 1
-    while len(kept) < B and rounds <= cfg.refill_rounds:
-        more = sample_groups(cfg, model, tok, task, cfg.seed * 1_000_003 + step + 7_919 * rounds, B, precision)
+    while len(kept) < len(first) and rounds <= cfg.refill_rounds:  # each rank fills its own share
+        more = sample_groups(cfg, model, tok, task, cfg.seed * 1_000_003 + step + 7_919 * rounds, B, precision,
+                             rank, world)
         kept += [g for g in more if informative(g)]
         rounds += 1
-    return kept[:B], first, rounds
+    return kept[:len(first)], first, rounds
 
 
-def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
-    """One GRPO step: sample (and refill), score, update. -> metrics dict."""
+def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device, rank=0, world=1):
+    """One GRPO step: sample (and refill), score, update. -> metrics dict (over all ranks under torchrun)."""
     G = cfg.group_size
     precision = lambda: autocast(device, cfg.dtype)  # noqa: E731  one context for sampling, pi_old, pi_ref, update
-    groups, first, rounds = collect_batch(cfg, model, tok, task, step, precision)
+    groups, first, rounds = collect_batch(cfg, model, tok, task, step, precision, rank, world)
     scores = [s for g in first for s in g["scores"]]
     lengths = torch.tensor([len(t) for g in first for t in g["tokens"]], dtype=torch.float32)
     metrics = {"step": step + 1, "reward": sum(r for g in first for r in g["rewards"]) / len(scores),
@@ -264,11 +268,17 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
                "zero_variance_groups": sum(not informative(g) for g in first) / len(first),
                "sampling_rounds": rounds, "groups_used": len(groups),
                "gen_tokens_per_s": lengths.sum().item() / max(sum(g["seconds"] for g in first), 1e-9)}
-    traits = [task_traits(task, t) for g in first for t in g["texts"]]  # Countdown: gave_up...; arithmetic: step_by_step
+    traits = [task_traits(task, t) for g in first for t in g["texts"]]  # e.g. Countdown's gave_up
     metrics.update({k: sum(t[k] for t in traits) / len(traits) for k in traits[0]})
-    if not groups:  # every group was uninformative: nothing to learn, nothing measured (null in metrics.jsonl)
+    if world > 1:
+        metrics = reduce_metrics(metrics, world, device)
+    if all_ranks_sum(len(groups), world, device) == 0:  # nothing to learn anywhere (null in metrics.jsonl)
         metrics.update(updated=0, kl=None, entropy=None, clip_frac=None, grad_norm=None, loss=None, ratio=None,
                        ratio_min=None, ratio_max=None)
+        return metrics
+    if not groups:  # this rank alone has nothing: it joins the others' update with zero gradient
+        metrics.update(policy_update(cfg, model, ref_model, optimizer, None, None, None, None, precision, step,
+                                     world, device))
         return metrics
     rewards = torch.tensor([g["rewards"] for g in groups], dtype=torch.float32)  # (groups, G)
     advantages = group_advantages(rewards, cfg.scale_adv_by_std).flatten()
@@ -280,23 +290,60 @@ def grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device):
     if cfg.mask_truncated:
         mask &= ~truncated[rows].to(device)[:, None]
     metrics.update(policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask,
-                                 advantages[rows].to(device), precision, step))
+                                 advantages[rows].to(device), precision, step, world, device))
     return metrics
 
 
-def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, precision, step):
-    """mu passes of the clipped objective (+ beta KL) over the batch, in micro-batches. -> metrics dict."""
+def all_ranks_sum(value, world, device, op="sum"):
+    """A number summed (or max/min-ed) over the torchrun ranks; the number itself with one process."""
+    if world == 1:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}[op])
+    return t.item()
+
+
+def reduce_metrics(metrics, world, device):
+    """Per-rank metrics -> the batch's: means of means (ranks hold equal shares), min/max, sums of counts."""
+    out = {}
+    for key, value in metrics.items():
+        if key == "step" or value is None:
+            out[key] = value
+        elif key in ("length_min",):
+            out[key] = all_ranks_sum(value, world, device, "min")
+        elif key in ("length_max", "sampling_rounds"):
+            out[key] = all_ranks_sum(value, world, device, "max")
+        elif key in ("groups_used", "gen_tokens_per_s"):
+            out[key] = all_ranks_sum(value, world, device)
+        else:
+            out[key] = all_ranks_sum(value, world, device) / world
+    return out
+
+
+def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, precision, step, world=1,
+                  device=None):
+    """mu passes of the clipped objective (+ beta KL) over the batch, in micro-batches. -> metrics dict.
+    Under torchrun each rank holds a share of the rows: the normalisers count every rank's tokens/rows, each rank
+    backpropagates its share of the global loss and the gradients are summed, so the step equals one process's
+    update on the whole batch. inputs None: this rank has no rows (it contributes zero gradient)."""
     model.train()
-    old_logp = token_logprobs(model, inputs, targets, cfg.micro_batch, precision)  # pi_old = the sampling policy
-    ref_logp = token_logprobs(ref_model, inputs, targets, cfg.micro_batch, precision) if cfg.beta > 0 else None
-    n_rows, n_tokens = inputs.size(0), int(mask.sum())
+    empty = inputs is None
+    if not empty:
+        old_logp = token_logprobs(model, inputs, targets, cfg.micro_batch, precision)  # pi_old = the sampling policy
+        ref_logp = token_logprobs(ref_model, inputs, targets, cfg.micro_batch, precision) if cfg.beta > 0 else None
+    n_rows = all_ranks_sum(0 if empty else inputs.size(0), world, device)
+    n_tokens = all_ranks_sum(0 if empty else int(mask.sum()), world, device)
     stats_sum = {"clip_frac": 0.0, "kl": 0.0}
     ratio_min, ratio_max, ratio_sum = float("inf"), float("-inf"), 0.0
     n_micro, objective = 0, 0.0  # objective: the whole batch's loss (micro-batch losses weighted by their share)
     t1 = time.time()
-    batches = micro_batches(targets, cfg.micro_batch)
+    batches = [] if empty else micro_batches(targets, cfg.micro_batch)
     for _ in range(cfg.mu):
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=world == 1)
+        if world > 1:  # every rank must hold a gradient for every parameter it sums (a rank may have no rows)
+            for p in model.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
         for sl, T in batches:
             with precision():
                 out = model(inputs[sl, :T], targets=targets[sl, :T], with_mtp=False)
@@ -314,9 +361,14 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
             n_micro += 1
             ratio_min, ratio_max = min(ratio_min, stats["ratio_min"]), max(ratio_max, stats["ratio_max"])
             ratio_sum += stats["ratio"]
+        if world > 1:  # sum the ranks' shares of the gradient (DDP's all-reduce, written out)
+            for p in model.parameters():
+                dist.all_reduce(p.grad)
+            sync_moe_load(model, world)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
-        if not (math.isfinite(objective) and math.isfinite(grad_norm)):  # before the optimizer writes NaN weights
-            raise FloatingPointError(f"GRPO step {step + 1}: loss {objective}, grad norm {grad_norm} (not finite); "
+        total = all_ranks_sum(objective, world, device)  # the same on every rank, so all stop or none
+        if not (math.isfinite(total) and math.isfinite(grad_norm)):  # before the optimizer writes NaN weights
+            raise FloatingPointError(f"GRPO step {step + 1}: loss {total}, grad norm {grad_norm} (not finite); "
                                      f"nothing of this step was applied or saved. Lower lr (now {cfg.lr:.3g}).")
         optimizer.step()
         if cfg.moe_bias_update:
@@ -324,10 +376,15 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
         else:
             for moe in model.moe_layers():
                 moe.load.zero_()
+    n_micro = max(n_micro, 1)
     out = {k: v / n_micro for k, v in stats_sum.items()}
-    out.update(ratio=ratio_sum / n_micro, ratio_min=ratio_min, ratio_max=ratio_max, updated=1, loss=objective,
-               grad_norm=grad_norm, entropy=(-old_logp[mask]).mean().item() if mask.any() else 0.0,
-               train_tokens_per_s=n_tokens * cfg.mu / (time.time() - t1))
+    out.update(ratio=ratio_sum / n_micro if not empty else 1.0, ratio_min=ratio_min if not empty else 1.0,
+               ratio_max=ratio_max if not empty else 1.0,
+               entropy=(-old_logp[mask]).mean().item() if not empty and mask.any() else 0.0)
+    if world > 1:  # the batch's statistics, not one rank's
+        out = {k: all_ranks_sum(v, world, device, "min" if k == "ratio_min" else "max" if k == "ratio_max" else "sum")
+               / (1 if k in ("ratio_min", "ratio_max") else world) for k, v in out.items()}
+    out.update(updated=1, loss=total, grad_norm=grad_norm, train_tokens_per_s=n_tokens * cfg.mu / (time.time() - t1))
     return out
 
 
@@ -338,12 +395,20 @@ def defines_policy(key):
 
 
 def train(cfg, on_step=None):
+    """Run GRPO as configured; returns the model. Under torchrun each rank samples and learns from its share of
+    the prompts; evaluation, logs and checkpoints are rank 0's."""
     cfg.check()
     t_launch = time.time()
-    device = pick_device(cfg.device)
+    rank, world, device = setup_distributed(cfg)
+    master = rank == 0
+    if cfg.prompts_per_step % world:
+        raise ConfigError(f"config key 'prompts_per_step' ({cfg.prompts_per_step}) must be divisible by the "
+                          f"number of processes ({world})")
     torch.manual_seed(cfg.seed)
-    checkpoint.open_run(cfg.out_dir, cfg.resume, cfg.overwrite, config_to_dict(cfg), defines_policy)
+    if master:
+        checkpoint.open_run(cfg.out_dir, cfg.resume, cfg.overwrite, config_to_dict(cfg), defines_policy)
     source = os.path.join(cfg.out_dir, "ckpt.pt") if cfg.resume else cold_start(cfg)
+    barrier(world)
     model, tok, ckpt = checkpoint.load_model(source, device)
     cold = ckpt["cold_start"] if cfg.resume else source
     ref_model = None
@@ -354,56 +419,64 @@ def train(cfg, on_step=None):
     step = 0
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     sizes = num_params(model.cfg)
-    report("grpo", device=str(device), dtype=resolve_dtype(device, cfg.dtype),
-           model=f"{sizes['total'] / 1e6:.2f}M parameters ({sizes['active'] / 1e6:.2f}M active), from {cold}",
-           batch=f"{cfg.prompts_per_step} prompts x {cfg.group_size} samples of {task.name}, up to "
-                 f"{cfg.max_new_tokens} tokens; loss_norm {cfg.loss_norm}, beta {cfg.beta}, mu {cfg.mu}",
-           steps=f"{ckpt['step'] if cfg.resume else 0} -> {cfg.steps}",
-           outputs=f"{cfg.out_dir}/ckpt.pt, metrics.jsonl, grpo.png")
+    if master:
+        report("grpo", device=f"{device} x {world}" if world > 1 else str(device),
+               dtype=resolve_dtype(device, cfg.dtype),
+               model=f"{sizes['total'] / 1e6:.2f}M parameters ({sizes['active'] / 1e6:.2f}M active), from {cold}",
+               batch=f"{cfg.prompts_per_step} prompts x {cfg.group_size} samples of {task.name}, up to "
+                     f"{cfg.max_new_tokens} tokens; loss_norm {cfg.loss_norm}, beta {cfg.beta}, mu {cfg.mu}",
+               steps=f"{ckpt['step'] if cfg.resume else 0} -> {cfg.steps}",
+               outputs=f"{cfg.out_dir}/ckpt.pt, metrics.jsonl, grpo.png")
     evals = {}
     if cfg.resume:
         optimizer.load_state_dict(ckpt["optimizer"])
         step = ckpt["step"]
         checkpoint.set_rng_state(ckpt["rng"])
-        truncate_log(metrics_path, step)  # rows a killed run wrote after its last checkpoint
-    else:
+        if master:
+            truncate_log(metrics_path, step)  # rows a killed run wrote after its last checkpoint
+    elif master:
         open(metrics_path, "w").close()
         evals = evaluate(model, tok, task, cfg, 0)  # the cold start's held-out numbers
         print(f"cold start: {format_evals(evals)}")
         with open(metrics_path, "a") as f:
             f.write(json.dumps({"step": 0, **evals}) + "\n")
+    barrier(world)
     first_evals, start_step, t_start = dict(evals), step, time.time()
-    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, desc="grpo")
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (cfg.progress and master), desc="grpo")
     try:
-        out_of_time = budget_spent(cfg, t_launch)
+        out_of_time = budget_spent(cfg, t_launch, world, device)
         while step < cfg.steps and not out_of_time:
             for group in optimizer.param_groups:  # linear warmup, then constant
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
-            metrics = grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device)
+            metrics = grpo_step(cfg, model, ref_model, optimizer, tok, task, step, device, rank, world)
             step += 1
             bar.update(1)
             bar.set_postfix(reward=f"{metrics['reward']:.2f}", len=f"{metrics['length']:.0f}")
-            out_of_time = budget_spent(cfg, t_launch)
+            out_of_time = budget_spent(cfg, t_launch, world, device)
             last = step == cfg.steps or out_of_time  # the budget's last step is a final step: save, evaluate
-            if step % cfg.save_every == 0 or last:  # saved before evaluating: a crash there loses nothing
+            if master and (step % cfg.save_every == 0 or last):  # saved before evaluating: a crash there loses nothing
                 save(cfg, model, optimizer, step, tok, cold)
-            if step % cfg.eval_every == 0 or last:
+            if master and (step % cfg.eval_every == 0 or last):
                 evals = evaluate(model, tok, task, cfg, step)
                 metrics.update(evals)
                 bar.write(f"step {step}: reward {metrics['reward']:.3f}, held-out {format_evals(evals)}")
                 if cfg.show_completions:  # what the policy writes now (as TRL logs sample completions)
                     bar.write(completions_now(cfg, step, task))
-            if step % cfg.log_every == 0 or "eval/" + task.name + "/acc" in metrics:
+            if master and (step % cfg.log_every == 0 or "eval/" + task.name + "/acc" in metrics):
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
+            barrier(world)
             if on_step is not None:
                 on_step(step, metrics)
     except KeyboardInterrupt:
-        save(cfg, model, optimizer, step, tok, cold)
-        bar.write(f"interrupted: saved step {step} to {cfg.out_dir}/ckpt.pt")
+        if master:
+            save(cfg, model, optimizer, step, tok, cold)
+            bar.write(f"interrupted: saved step {step} to {cfg.out_dir}/ckpt.pt")
         raise
     finally:
         bar.close()
+    if not master:
+        return model
     trait_keys = list(task_traits(task, ""))
     plot_path = plot_metrics(metrics_path, os.path.join(cfg.out_dir, "grpo.png"),
                              [f"eval/{task.name}/acc", f"eval/{task.name}/len"]
@@ -417,6 +490,11 @@ def train(cfg, on_step=None):
            held_out=(f"{format_evals(first_evals)}  ->  " if first_evals else "") + format_evals(evals),
            checkpoint=os.path.join(cfg.out_dir, "ckpt.pt"), plot=plot_path or "(none: matplotlib is not installed)")
     return model
+
+
+def barrier(world):
+    if world > 1:
+        dist.barrier()
 
 
 def evaluate(model, tok, task, cfg, step):

@@ -126,3 +126,33 @@ def test_a_step_with_every_group_dropped_logs_nulls_not_zeros(tmp_path):
     assert m["updated"] == 0 and m["zero_variance_groups"] == 1.0
     assert all(m[k] is None for k in ("loss", "kl", "entropy", "clip_frac", "grad_norm", "ratio"))
     json.dumps(m)  # null in metrics.jsonl
+
+
+def test_grpo_update_under_torchrun_equals_the_single_process_update(tmp_path):
+    """2 gloo processes, each with half of a fixed batch's rows (the token normaliser counts both ranks' tokens,
+    the gradients are summed) make the same update as one process with all rows."""
+    import socket
+    import subprocess
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from grpo_ddp_worker import fixed_update
+    ckpt = train_grpo.cold_start(config(tmp_path))
+    cfg_args = [CONFIG, "--mu=2", "--micro_batch=2", "--loss_norm=token", "--beta=0.0", "--lr=1e-3"]
+    model, single_grads = fixed_update(cfg_args, ckpt, range(8), 1, 0)
+    single = model.state_dict()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                          "--master_addr=127.0.0.1", os.path.join(ROOT, "tests", "grpo_ddp_worker.py"), ckpt,
+                          str(tmp_path / "ddp.pt"), *cfg_args], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    assert len(ddp["grads"]) == len(single_grads) == 2  # mu = 2 inner updates
+    for mine, theirs in zip(single_grads, ddp["grads"]):  # the gradients: equal up to summation order
+        for name, g in mine.items():
+            assert torch.allclose(g, theirs[name], atol=1e-7, rtol=1e-4), (name, (g - theirs[name]).abs().max())
+    before = checkpoint.load(ckpt)["model"]
+    for name, value in single.items():  # the weights too (Adam divides by sqrt(v): a little noise, 1e-3 steps)
+        assert torch.allclose(value, ddp["params"][name], atol=5e-5), name
+    assert sum((v - before[k]).abs().max() > 1e-4 for k, v in single.items()) > 10  # the update moved weights
