@@ -1,8 +1,9 @@
 # Arithmetic under GRPO, the "aha" on a laptop: the cold start sees 70% step-by-step and 30% direct targets
 # (step_frac=0.7) and ends up answering most problems directly, often wrongly once an operand has 2 digits; the
 # correctness reward moves the policy to the step-by-step chains (longer responses, more right answers).
-# Laptop-size model, ~12 minutes on 2 CPU cores:   python train_grpo.py configs/arithmetic.py
-# Measured: held-out pass@1 0.27 -> 0.65, mean length 13 -> 27 tokens, step by step 0.33 -> 0.99 (results/arithmetic/).
+# Laptop-size model, ~6 minutes on 2 CPU cores:   python train_grpo.py configs/arithmetic.py
+# Measured on all 2,043 test problems x 4 (results/arithmetic/): pass@1 0.381 -> 0.553 (+0.172, 95% CI
+# [+0.153, +0.190]), mean length 15.5 -> 32.9 tokens, step by step 0.37 -> 0.99.
 out_dir = "out/arithmetic/grpo"
 task = "arithmetic"
 arithmetic = dict(min_digits=1, max_digits=2, ops=("+", "-"), step_frac=0.7)
