@@ -38,6 +38,7 @@ from nanor1.plotting import plot_metrics
 from nanor1.sft import (SFTConfig, budget_spent, defines_model, setup_distributed, sync_moe_load,
                         train as train_sft)
 from nanor1.tasks import ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards, make_tasks
+from nanor1.tasks.splits import SPLITS
 
 
 @dataclasses.dataclass
@@ -127,8 +128,7 @@ class GRPOConfig:
                 "must come from the policy whose log-probs the ratio uses")
         require(self.top_k == 0 and self.top_p == 1.0, "top_k", f"must be 0 and top_p 1.0 in GRPO (got {self.top_k}, "
                 f"{self.top_p}): a filtered sampler is not the policy the ratio uses")
-        require(self.eval_split in ("val", "test", "train"), "eval_split", f"must be val, test or train, got "
-                f"{self.eval_split!r}")
+        require(self.eval_split in SPLITS, "eval_split", f"must be one of {list(SPLITS)}, got {self.eval_split!r}")
         check_ranges(self, positive=("steps", "prompts_per_step", "max_new_tokens", "mu", "lr", "micro_batch",
                                      "log_every", "eval_every", "eval_problems", "eval_max_new_tokens",
                                      "eval_batch_size", "eval_samples", "save_every"),
@@ -436,7 +436,7 @@ def train(cfg, on_step=None):
             truncate_log(metrics_path, step)  # rows a killed run wrote after its last checkpoint
     elif master:
         open(metrics_path, "w").close()
-        evals = evaluate(model, tok, task, cfg, 0)  # the cold start's held-out numbers
+        evals, _ = evaluate(model, tok, task, cfg, 0)  # the cold start's held-out numbers
         print(f"cold start: {format_evals(evals)}")
         with open(metrics_path, "a") as f:
             f.write(json.dumps({"step": 0, **evals}) + "\n")
@@ -457,11 +457,11 @@ def train(cfg, on_step=None):
             if master and (step % cfg.save_every == 0 or last):  # saved before evaluating: a crash there loses nothing
                 save(cfg, model, optimizer, step, tok, cold)
             if master and (step % cfg.eval_every == 0 or last):
-                evals = evaluate(model, tok, task, cfg, step)
+                evals, shown = evaluate(model, tok, task, cfg, step)
                 metrics.update(evals)
                 bar.write(f"step {step}: reward {metrics['reward']:.3f}, held-out {format_evals(evals)}")
                 if cfg.show_completions:  # what the policy writes now (as TRL logs sample completions)
-                    bar.write(completions_now(cfg, step, task))
+                    bar.write(completions_now(shown))
             if master and (step % cfg.log_every == 0 or "eval/" + task.name + "/acc" in metrics):
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(metrics) + "\n")
@@ -499,7 +499,8 @@ def barrier(world):
 
 def evaluate(model, tok, task, cfg, step):
     """In-run evaluation on cfg.eval_split; per-problem outcomes to out_dir/evals/, a few fixed problems' completions
-    to out_dir/completions.jsonl and completions.md (the same problems at every evaluation)."""
+    to out_dir/completions.jsonl and completions.md (the same problems at every evaluation).
+    -> (held-out metrics, the outcome rows of those problems)."""
     path = os.path.join(cfg.out_dir, "evals", f"step{step:05d}_{task.name}.jsonl")
     evals = evaluate_tasks(model, tok, [task], cfg, progress=cfg.progress, save_to=path)
     rows = load_outcomes(path)[:cfg.completions_logged]
@@ -520,14 +521,13 @@ def evaluate(model, tok, task, cfg, step):
                       "", "```", row["completion"], "```", ""]
     with open(os.path.join(cfg.out_dir, "completions.md"), "w") as f:
         f.write("\n".join(lines))
-    return evals
+    return evals, rows
 
 
-def completions_now(cfg, step, task, n=2):
-    """The newest completions of the first n logged problems, one line each (shortened), for the console."""
-    rows = load_outcomes(os.path.join(cfg.out_dir, "evals", f"step{step:05d}_{task.name}.jsonl"))[:n]
+def completions_now(rows, n=2):
+    """The completions of the first n logged problems, one line each (shortened), for the console."""
     lines = []
-    for row in rows:
+    for row in rows[:n]:
         text = row["completion"].replace("\n", " | ")
         text = text if len(text) <= 160 else text[:100] + " ... " + text[-55:]
         lines.append(f"  {row['prompt'][:60]} -> {text} [{row['correct']}/{row['n']} correct]")

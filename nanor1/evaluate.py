@@ -144,10 +144,11 @@ def save_outcomes(path, rows):
 
 
 def load_outcomes(path):
-    rows = [row for _, row in read_jsonl(path)]
-    for where, row in zip(range(1, len(rows) + 1), rows):
+    rows = []
+    for where, row in read_jsonl(path):
         if not all(k in row for k in ("id", "n", "correct", "length")):
-            raise ValueError(f"{path}:{where}: not a per-problem outcome (needs id, n, correct, length)")
+            raise ValueError(f"{where}: not a per-problem outcome (needs id, n, correct, length)")
+        rows.append(row)
     return rows
 
 

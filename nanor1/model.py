@@ -349,15 +349,14 @@ class MoE(nn.Module):
         out = torch.zeros_like(flat).index_add_(0, token, ys.to(flat.dtype))
         if self.shared is not None:
             out = out + self.shared(flat)
-        real = torch.ones(B, T, dtype=torch.bool, device=x.device) if real is None else real
-        real_counts = torch.bincount(experts[real.reshape(-1)].flatten(), minlength=E)  # (E,)
+        real_counts = counts if real is None else torch.bincount(experts[real.reshape(-1)].flatten(), minlength=E)
         if self.training and torch.is_grad_enabled():  # a training forward (not GRPO's no-grad log-prob passes)
             self.load += real_counts.detach().float()
         aux = x.new_zeros((), dtype=torch.float32)
         if self.training and cfg.seq_aux_alpha > 0:
             # Sequence-wise balance loss (V3 eqs. 17-20): alpha * sum_i f_i P_i per sequence, over its real
             # tokens only, averaged over the sequences that have any.
-            m = real.float()  # (B, T)
+            m = x.new_ones(B, T, dtype=torch.float32) if real is None else real.float()  # (B, T)
             n_real = m.sum(1)  # (B,)
             chosen = torch.zeros(B, T, E, device=x.device).scatter_(2, experts.view(B, T, K), 1.0)
             f = (chosen * m[:, :, None]).sum(1) * E / (K * n_real.clamp(min=1)[:, None])  # (B, E)

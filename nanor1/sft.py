@@ -19,14 +19,15 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from nanor1 import checkpoint
+from nanor1.cli import report
 from nanor1.config import ConfigError, check_ranges, config_from_dict, config_to_dict, require
 from nanor1.device import DTYPES, autocast, pick_device, resolve_dtype
-from nanor1.cli import report
 from nanor1.evaluate import evaluate_tasks, format_evals
 from nanor1.jsonl import read_jsonl, truncate_log
 from nanor1.model import GPT, ModelConfig, make_optimizer, num_params
 from nanor1.plotting import plot_metrics
 from nanor1.tasks import TASKS, ArithmeticConfig, CountdownConfig, GSM8KConfig, Rewards, get_tokenizer, make_tasks
+from nanor1.tasks.splits import SPLITS
 from nanor1.tokenizer import Tokenizer
 
 
@@ -87,8 +88,7 @@ class SFTConfig:
                                    "eval_temperature"),
                      fractions=("min_lr_frac", "beta1", "beta2"))
         require(self.dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}, got {self.dtype!r}")
-        require(self.eval_split in ("val", "test", "train"), "eval_split", f"must be val, test or train, got "
-                f"{self.eval_split!r}")
+        require(self.eval_split in SPLITS, "eval_split", f"must be one of {list(SPLITS)}, got {self.eval_split!r}")
         unknown = [t for t in self.tasks if t not in TASKS]
         require(not unknown, "tasks", f"names unknown tasks {unknown} (known: {', '.join(TASKS)})")
         require(all(w >= 0 for w in self.tasks.values()), "tasks", "weights must be >= 0")

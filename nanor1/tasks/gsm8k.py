@@ -77,9 +77,9 @@ class GSM8K:
             if split == "test":
                 self._cache[split] = load(self.cfg.path, "test", self.cfg.download)
             elif split in ("train", "val"):
-                rows = load(self.cfg.path, "train", self.cfg.download)
-                self._cache["val"] = [r for r in rows if split_by_hash(r["question"], 0.0, 0.05) == "val"]
-                self._cache["train"] = [r for r in rows if split_by_hash(r["question"], 0.0, 0.05) == "train"]
+                self._cache["val"], self._cache["train"] = [], []
+                for row in load(self.cfg.path, "train", self.cfg.download):
+                    self._cache[split_by_hash(row["question"], 0.0, 0.05)].append(row)
             else:
                 raise ValueError(f"gsm8k: split must be train, val or test, got {split!r}")
         return self._cache[split]
