@@ -15,7 +15,7 @@ from fractions import Fraction
 
 from nanor1 import checkpoint
 from nanor1.device import DTYPES, autocast, pick_device
-from nanor1.engine import generate
+from nanor1.engine import DECODE_MODES, generate
 from nanor1.evaluate import (comparison_table, complete, load_outcomes, outcomes, paired_bootstrap, save_outcomes,
                              summarize)
 from nanor1.jsonl import read_jsonl
@@ -67,6 +67,8 @@ def main(argv=None):
     p.add_argument("--max_new_tokens", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--speculative", action="store_true", help="MTP self-speculative decoding")
+    p.add_argument("--decode", default="eager", choices=DECODE_MODES,
+                   help="eager (the reference), static (fixed shapes), compiled (torch.compile of the static step)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--show", type=int, default=3, help="completions to print (--task / --problems)")
     p.add_argument("--gsm8k_path", default=None, help="folder of the GSM8K jsonl files (--task gsm8k)")
@@ -131,7 +133,7 @@ def run(args, model, tok, ckpt, temperature, role=None):
         args.max_new_tokens = fit_budget(args.max_new_tokens, [prompt], model)
         gen = generate(model, [prompt], args.max_new_tokens, n=args.n,
                        temperature=temperature, top_k=args.top_k, top_p=args.top_p, stop_ids=tok.stop_ids,
-                       pad_id=tok.pad_id, seed=args.seed, speculative=args.speculative)
+                       pad_id=tok.pad_id, seed=args.seed, speculative=args.speculative, decode=args.decode)
         for i, ids in enumerate(gen.tokens):
             print(f"--- sample {i}{'' if gen.finished[i] else ' (truncated)'}\n{tok.decode_response(ids)}")
         if gen.acceptance is not None:
@@ -154,7 +156,8 @@ def run(args, model, tok, ckpt, temperature, role=None):
     args.max_new_tokens = fit_budget(args.max_new_tokens, [tok.render_prompt(task.prompt(q)) for q in problems], model)
     results = complete(model, tok, task, problems, n=args.n, temperature=temperature,
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
-                       top_k=args.top_k, top_p=args.top_p, speculative=args.speculative, progress=True)
+                       top_k=args.top_k, top_p=args.top_p, speculative=args.speculative, progress=True,
+                       decode=args.decode)
     summary = summarize(results, ks=sorted({1, args.n}))
     for problem, samples in list(zip(problems, results))[:args.show]:
         s = samples[0]

@@ -29,7 +29,7 @@ from nanor1 import checkpoint
 from nanor1.cli import main, report
 from nanor1.config import ConfigError, check_ranges, config_diff, config_to_dict, require
 from nanor1.device import DTYPES, autocast, resolve_dtype
-from nanor1.engine import generate
+from nanor1.engine import DECODE_MODES, generate
 from nanor1.evaluate import evaluate_tasks, format_evals, load_outcomes, task_traits
 from nanor1.grpo import LOSS_NORMS, group_advantages, policy_loss
 from nanor1.jsonl import read_jsonl, truncate_log
@@ -65,6 +65,7 @@ class GRPOConfig:
     temperature: float = 1.0  # sampling temperature (must be 1: the ratio needs pi itself)
     top_k: int = 0  # must be 0 in GRPO (a filtered sampler is not pi)
     top_p: float = 1.0  # must be 1 in GRPO (a filtered sampler is not pi)
+    decode: str = "eager"  # sampler: 'eager' (the reference), 'static' (fixed shapes), 'compiled' (torch.compile)
     # objective
     mu: int = 1  # policy updates per batch (GRPO's inner iterations)
     eps_low: float = 0.2  # clip range below 1 (GRPO eq. 3)
@@ -114,6 +115,8 @@ class GRPOConfig:
             raise ConfigError(f"config key 'task' must be arithmetic, countdown or gsm8k, got {self.task!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"config key 'dtype' must be one of {list(DTYPES)}, got {self.dtype!r}")
+        if self.decode not in DECODE_MODES:
+            raise ConfigError(f"config key 'decode' must be one of {list(DECODE_MODES)}, got {self.decode!r}")
         if self.group_size < 2:
             raise ConfigError("config key 'group_size' must be at least 2 (advantages are relative to the group)")
         # One task definition for both stages: the cold start trains on the task GRPO then rewards, so the
@@ -206,7 +209,8 @@ def sample_groups(cfg, model, tok, task, seed, n_prompts, precision, rank=0, wor
     t0 = time.time()
     with precision():
         gen = generate(model, prompts, cfg.max_new_tokens, n=G, temperature=cfg.temperature, top_k=cfg.top_k,
-                       top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed + 1_000_033 * rank)
+                       top_p=cfg.top_p, stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed + 1_000_033 * rank,
+                       decode=cfg.decode)
     seconds = time.time() - t0
     groups = []
     for j, (problem, prompt) in enumerate(zip(problems, prompts)):

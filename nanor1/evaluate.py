@@ -38,7 +38,7 @@ def task_traits(task, text):
 
 
 def complete(model, tok, task, problems, n=1, temperature=0.0, max_new_tokens=128, batch_size=32, seed=0,
-             top_k=0, top_p=1.0, speculative=False, progress=False):
+             top_k=0, top_p=1.0, speculative=False, progress=False, decode="eager"):
     """-> list (one per problem) of lists of n dicts {text, ids, score, finished}."""
     results = []
     per_batch = max(1, batch_size // n)
@@ -47,7 +47,8 @@ def complete(model, tok, task, problems, n=1, temperature=0.0, max_new_tokens=12
         chunk = problems[i:i + per_batch]
         prompts = [tok.render_prompt(task.prompt(p)) for p in chunk]
         gen = generate(model, prompts, max_new_tokens, n=n, temperature=temperature, top_k=top_k, top_p=top_p,
-                       stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed + i, speculative=speculative)
+                       stop_ids=tok.stop_ids, pad_id=tok.pad_id, seed=seed + i, speculative=speculative,
+                       decode=decode)
         for j, problem in enumerate(chunk):
             samples = []
             for r in range(j * n, (j + 1) * n):
@@ -105,7 +106,7 @@ def evaluate_tasks(model, tok, tasks, cfg, seed=1234, progress=False, save_to=No
         with autocast(device, cfg.dtype):  # evaluate in the precision the run trains in
             results = complete(model, tok, task, problems, n=cfg.eval_samples, temperature=cfg.eval_temperature,
                                max_new_tokens=cfg.eval_max_new_tokens, batch_size=cfg.eval_batch_size,
-                               seed=seed, progress=progress)
+                               seed=seed, progress=progress, decode=cfg.decode)
         summary = summarize(results)
         if save_to:
             save_outcomes(save_to.format(task=task.name), outcomes(task, problems, results))

@@ -137,7 +137,7 @@ class KVCache:
     Layers 0..n_layers-1 are the main blocks, the rest the MTP blocks (same slots as the main ones).
     """
 
-    def __init__(self, cfg, batch, max_len, device, dtype, start=None):
+    def __init__(self, cfg, batch, max_len, device, dtype, start=None, max_position=None):
         n = cfg.n_layers + cfg.mtp_depth
         self.latent = torch.zeros(n, batch, max_len, cfg.kv_lora_rank, device=device, dtype=dtype)
         self.k_rope = torch.zeros(n, batch, max_len, cfg.qk_rope_head_dim, device=device, dtype=dtype)
@@ -145,6 +145,9 @@ class KVCache:
         start = start if start is not None else torch.zeros(batch, dtype=torch.long, device=device)
         self.pos = -start.to(device=device, dtype=torch.long)  # row b's first real token gets position 0
         self.length = 0
+        # Speculative decoding verifies a draft one past the last token it may emit; a position past the RoPE
+        # table only ever belongs to such a token, so the sampler clamps it (max_position) instead of failing.
+        self.max_position = max_position
 
     def advance(self, T):
         """Claim the next T slots: -> (first slot, RoPE positions (B, T)). Padding slots stay invalid."""
@@ -155,7 +158,15 @@ class KVCache:
         self.valid[:, t0:t0 + T] = positions >= 0
         self.pos += T
         self.length += T
-        return t0, positions.clamp(min=0)
+        return t0, positions.clamp(min=0, max=self.max_position)
+
+    def append(self, latents, k_ropes):
+        """Store one token per row from the static decode step (GPT.decode_step) in the next slot of the main
+        layers. latents (n_layers, B, C), k_ropes (n_layers, B, dr)."""
+        t0, positions = self.advance(1)
+        self.latent[:latents.size(0), :, t0] = latents
+        self.k_rope[:k_ropes.size(0), :, t0] = k_ropes
+        return self
 
     def reject(self, rows, slot):
         """Forget the token in `slot` for the rows where `rows` (B,) is True (a rejected draft)."""
@@ -207,18 +218,23 @@ class MLA(nn.Module):
         self.wo = nn.Linear(H * dv, cfg.dim, bias=False)  # eq. 47
         self.scale = (dn + dr) ** -0.5
 
+    def project(self, x, cos, sin):
+        """x: (B, T, D) -> q_nope (B, T, H, dn), q_rope (B, T, H, dr), latent (B, T, C), k_rope (B, T, dr): the
+        queries (eqs. 37-39, 44), the normalised latent c_kv (eq. 41) and the shared rope key (eq. 43)."""
+        cfg, (B, T, _) = self.cfg, x.shape
+        H, dn, dr, C = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank
+        q = self.wq(x) if cfg.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
+        q_nope, q_rope = q.view(B, T, H, dn + dr).split([dn, dr], dim=-1)
+        q_rope = apply_rope(q_rope, cos[:, :, None], sin[:, :, None])
+        latent, k_rope = self.wkv_a(x).split([C, dr], dim=-1)
+        return q_nope, q_rope, self.kv_norm(latent), apply_rope(k_rope, cos, sin)
+
     def forward(self, x, cos, sin, start, cache=None, layer=0, slot=0):
         """x: (B, T, D); cos/sin: (B, T, dr/2) for these tokens' positions; start: (B,) or None (training
         path); cache: a KVCache whose slots slot..slot+T-1 these tokens fill (decoding path)."""
         cfg, (B, T, _) = self.cfg, x.shape
-        H, dn, dr, dv, C = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
-        q = self.wq(x) if cfg.q_lora_rank == 0 else self.wq_b(self.q_norm(self.wq_a(x)))
-        q_nope, q_rope = q.view(B, T, H, dn + dr).split([dn, dr], dim=-1)  # (B, T, H, dn), (B, T, H, dr)
-        q_rope = apply_rope(q_rope, cos[:, :, None], sin[:, :, None])
-        latent, k_rope = self.wkv_a(x).split([C, dr], dim=-1)  # (B, T, C), (B, T, dr)
-        latent = self.kv_norm(latent)
-        k_rope = apply_rope(k_rope, cos, sin)
-
+        H, dn, dv = cfg.n_heads, cfg.qk_nope_head_dim, cfg.v_head_dim
+        q_nope, q_rope, latent, k_rope = self.project(x, cos, sin)
         if cache is None:
             # Training path: expand the latent into per-head keys and values, one attention call.
             kv = self.wkv_b(latent).view(B, T, H, dn + dv)
@@ -227,22 +243,49 @@ class MLA(nn.Module):
                                         k_rope, v.transpose(1, 2), self.scale, start, impl=cfg.attn_impl)
             out = out.transpose(1, 2)  # (B, T, H, dv)
         else:
-            # Decoding path: cache only (latent, k_rope); absorb W_UK into the query and W_UV into the
-            # output, so attention runs in the C-dim latent space (V2 sec. 2.1.2): MQA with one shared KV.
-            t0 = slot  # the T new tokens live in slots t0 .. t0+T-1
+            # Decoding path: cache only (latent, k_rope) per token; the T new tokens fill slots t0 .. t0+T-1
+            # and attend to the slots before them and to each other, causally.
+            t0 = slot
             cache.latent[layer, :, t0:t0 + T] = latent
             cache.k_rope[layer, :, t0:t0 + T] = k_rope
-            latents, k_ropes = cache.latent[layer, :, :t0 + T], cache.k_rope[layer, :, :t0 + T]  # (B, S, C/dr)
-            w = self.wkv_b.weight.view(H, dn + dv, C)
-            q_latent = torch.einsum("bthd,hdc->bthc", q_nope, w[:, :dn])  # q^T W_UK
-            scores = (torch.einsum("bthc,bsc->bhts", q_latent, latents)
-                      + torch.einsum("bthr,bsr->bhts", q_rope, k_ropes)).float() * self.scale
             key_slot, query_slot = torch.arange(t0 + T, device=x.device), torch.arange(t0, t0 + T, device=x.device)
             keep = (key_slot[None, :] <= query_slot[:, None])[None] & cache.valid[:, None, :t0 + T]  # (B, T, S)
-            probs = scores.masked_fill(~keep[:, None], float("-inf")).softmax(-1).nan_to_num(0.0)
-            out_latent = torch.einsum("bhts,bsc->bthc", probs.to(x.dtype), latents)
-            out = torch.einsum("bthc,hdc->bthd", out_latent, w[:, dn:])  # W_UV applied after attention
+            out = self.absorbed_attention(q_nope, q_rope, [(cache.latent[layer, :, :t0 + T],
+                                                            cache.k_rope[layer, :, :t0 + T], keep)])
         return self.wo(out.reshape(B, T, H * dv))
+
+    def decode_static(self, x, cos, sin, latents, k_ropes, valid):
+        """The static decode step's attention: one new token per row attends to this layer's whole cache
+        (latents (B, S, C), k_ropes (B, S, dr), the unwritten slots masked by valid (B, S)) and to itself. The
+        cache is only read: the new token's latent and rope key are returned for the sampler to store (a
+        compiled step that wrote into its inputs would copy the whole cache every step).
+        x: (B, 1, D) -> out (B, 1, D), latent (B, 1, C), k_rope (B, 1, dr)."""
+        B, cfg = x.size(0), self.cfg
+        q_nope, q_rope, latent, k_rope = self.project(x, cos, sin)
+        itself = torch.ones(B, 1, 1, dtype=torch.bool, device=x.device)
+        out = self.absorbed_attention(q_nope, q_rope, [(latents, k_ropes, valid[:, None, :]),
+                                                       (latent.to(latents.dtype), k_rope.to(k_ropes.dtype), itself)])
+        return self.wo(out.reshape(B, 1, cfg.n_heads * cfg.v_head_dim)), latent, k_rope
+
+    def absorbed_attention(self, q_nope, q_rope, parts):
+        """Attention over cached latents: absorb W_UK into the query and W_UV into the output, so attention
+        runs in the C-dim latent space (V2 sec. 2.1.2): MQA with one shared KV per token.
+        q_nope (B, T, H, dn), q_rope (B, T, H, dr); parts: a list of (latents (B, S, C), k_ropes (B, S, dr),
+        keep (B, T or 1, S) bool: which of those slots each query sees), one softmax over all of them.
+        -> (B, T, H, dv)"""
+        cfg = self.cfg
+        H, dn, dv, C = cfg.n_heads, cfg.qk_nope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+        w = self.wkv_b.weight.view(H, dn + dv, C)
+        q_latent = torch.einsum("bthd,hdc->bthc", q_nope, w[:, :dn])  # q^T W_UK
+        scores = torch.cat([
+            (torch.einsum("bthc,bsc->bhts", q_latent, latents) + torch.einsum("bthr,bsr->bhts", q_rope, k_ropes))
+            .float().masked_fill(~keep[:, None], float("-inf")) for latents, k_ropes, keep in parts], -1)
+        probs = (scores * self.scale).softmax(-1).nan_to_num(0.0).to(q_nope.dtype)  # (B, H, T, sum of S)
+        out_latent, s0 = 0, 0
+        for latents, _, _ in parts:
+            out_latent = out_latent + torch.einsum("bhts,bsc->bthc", probs[..., s0:s0 + latents.size(1)], latents)
+            s0 += latents.size(1)
+        return torch.einsum("bthc,hdc->bthd", out_latent, w[:, dn:])  # W_UV applied after attention
 
 
 # ------------------------------------------------------------------------------------- Mixture of Experts
@@ -291,22 +334,44 @@ def expert_path(x, impl):
 
 
 def expert_matmul(x, w, counts, sizes, impl):
-    """Grouped matmul: rows of x are sorted by expert, counts[e] (= sizes[e], a list) of them for expert e;
-    row r of expert e becomes x[r] @ w[e].T.   x: (M, in)   w: (E, out, in), same dtype as x   -> (M, out)"""
+    """Grouped matmul: rows of x are sorted by expert, counts[e] (= sizes[e], a list, or None to read them from
+    counts) of them for expert e; row r of expert e becomes x[r] @ w[e].T.
+    x: (M, in)   w: (E, out, in), x's dtype -> (M, out)"""
     global _grouped_mm_failed
+    counting = not torch.compiler.is_compiling()
     if expert_path(x, impl) == "grouped":
         try:
             offsets = counts.cumsum(0).to(torch.int32)
             out = torch._grouped_mm(x, w.transpose(-2, -1), offs=offsets)
-            expert_path_used["grouped"] += 1
+            expert_path_used["grouped"] += counting
             return out
         except (RuntimeError, AttributeError) as e:
             if impl == "grouped":
                 raise
             _grouped_mm_failed = True
             warnings.warn(f"torch._grouped_mm unavailable ({str(e)[:80]}); using one matmul per expert")
-    expert_path_used["loop"] += 1
+    if sizes is None:
+        sizes = counts.tolist()
+    expert_path_used["loop"] += counting
     return torch.cat([xe @ we.t() for xe, we in zip(x.split(sizes), w)])
+
+
+def count_per_expert(experts, E):
+    """experts: (N, K) chosen expert ids -> (E,) how many (token, expert) pairs each expert got. A scatter-add
+    rather than torch.bincount, whose output size depends on the data (a compiled step could not hold it)."""
+    flat = experts.flatten()
+    return torch.zeros(E, dtype=torch.long, device=flat.device).index_add_(0, flat, torch.ones_like(flat))
+
+
+def routed_dense(x, weights, experts, w1, w3, w2):
+    """The routed experts' sum with fixed shapes and no host sync: every expert on every token, weighted by
+    its gate (zero for the experts not chosen). E/K times the routed compute of the sorted dispatch, so only
+    for the static decode step, where tokens are few.  x (N, D), weights/experts (N, K) -> (N, D)"""
+    N, (E, I, D) = x.size(0), w1.shape
+    gates = torch.zeros(N, E, dtype=x.dtype, device=x.device).scatter(1, experts, weights)  # (N, E)
+    hidden = F.silu(x @ w1.reshape(E * I, D).t()) * (x @ w3.reshape(E * I, D).t())  # (N, E*I)
+    hidden = (hidden.view(N, E, I) * gates[:, :, None]).view(N, E * I)
+    return hidden @ w2.transpose(1, 2).reshape(E * I, D)  # sum over experts e and hidden units i
 
 
 class MoE(nn.Module):
@@ -327,29 +392,38 @@ class MoE(nn.Module):
         self.shared = MLP(D, cfg.n_shared_experts * I) if cfg.n_shared_experts else None
         self.register_buffer("load", torch.zeros(E))  # tokens per expert since the last bias update
 
-    def forward(self, x, real=None):
+    def forward(self, x, real=None, static=False):
         """x: (B, T, D); real: (B, T) bool, the tokens that count for balancing (those with a training target:
-        not padding, not the prompt), None = all. -> out (B, T, D), real tokens per expert (E,), balance loss."""
+        not padding, not the prompt), None = all; static: no host sync and fixed shapes (the captured decode
+        step). -> out (B, T, D), real tokens per expert (E,), balance loss."""
         cfg, (B, T, D) = self.cfg, x.shape
         K, E = cfg.n_activated_experts, cfg.n_routed_experts
         flat = x.reshape(B * T, D)
         weights, experts, scores = self.gate(flat)  # (N, K), (N, K), (N, E)
-        counts = torch.bincount(experts.flatten(), minlength=E)  # (E,) every token: the dispatch needs them all
-        order = experts.flatten().argsort(stable=True)  # pair index, sorted by expert
-        token = order // K  # the token of each sorted pair
-        sizes = counts.tolist()  # (one host sync per layer)
+        counts = count_per_expert(experts, E)  # (E,) every token: the dispatch needs them all
         # Under autocast, cast explicitly: autocast does not cover torch._grouped_mm, and all three expert
         # matmuls must see one dtype for the grouped path (the one that runs on the GPU) to be taken.
         dtype = compute_dtype(x.device.type, x.dtype)
-        xs = flat[token].to(dtype)  # (N*K, D)
         w1, w3, w2 = self.w1.to(dtype), self.w3.to(dtype), self.w2.to(dtype)
-        hidden = F.silu(expert_matmul(xs, w1, counts, sizes, cfg.moe_impl)) \
-            * expert_matmul(xs, w3, counts, sizes, cfg.moe_impl)
-        ys = expert_matmul(hidden, w2, counts, sizes, cfg.moe_impl) * weights.flatten()[order, None].to(dtype)
-        out = torch.zeros_like(flat).index_add_(0, token, ys.to(flat.dtype))
+        x_c = flat.to(dtype)  # (N, D) in the experts' dtype
+        impl = cfg.moe_impl
+        if static and expert_path(x_c, impl) == "loop":
+            # The loop needs each expert's size on the host: run every expert on every token instead (the
+            # grouped matmul needs no sizes, but torch.compile accepts it in bf16 only).
+            impl = "dense"
+        if impl == "dense":
+            out = routed_dense(x_c, weights.to(dtype), experts, w1, w3, w2).to(flat.dtype)
+        else:
+            order = experts.flatten().argsort(stable=True)  # pair index, sorted by expert
+            token = order // K  # the token of each sorted pair
+            sizes = counts.tolist() if expert_path(x_c, impl) == "loop" else None  # (one host sync per layer)
+            xs = x_c[token]  # (N*K, D)
+            hidden = F.silu(expert_matmul(xs, w1, counts, sizes, impl)) * expert_matmul(xs, w3, counts, sizes, impl)
+            ys = expert_matmul(hidden, w2, counts, sizes, impl) * weights.flatten()[order, None].to(dtype)
+            out = torch.zeros_like(flat).index_add_(0, token, ys.to(flat.dtype))
         if self.shared is not None:
             out = out + self.shared(flat)
-        real_counts = counts if real is None else torch.bincount(experts[real.reshape(-1)].flatten(), minlength=E)
+        real_counts = counts if real is None else count_per_expert(experts[real.reshape(-1)], E)
         if self.training and torch.is_grad_enabled():  # a training forward (not GRPO's no-grad log-prob passes)
             self.load += real_counts.detach().float()
         aux = x.new_zeros((), dtype=torch.float32)
@@ -524,6 +598,26 @@ class GPT(nn.Module):
             loss = losses["main"] + losses["mtp"] + losses["aux"]
         expert_load = torch.stack(loads) if loads else None
         return ModelOutput(logits, loss, losses, token_loss, expert_load, hidden, positions)
+
+    def decode_step(self, ids, latents, k_ropes, valid, pos):
+        """One decoding step with fixed shapes and no side effects, for torch.compile and CUDA graphs (the
+        engine's static sampler): each row's token attends to the whole preallocated cache (latents
+        (L, B, S, C), k_ropes (L, B, S, dr) and valid (B, S) of a KVCache, read only) and to itself, at RoPE
+        position pos (B,). No host sync, nothing sized by the data (the MoE runs every expert: routed_dense).
+        ids (B,) -> logits (B, V), the new token's latents (n_layers, B, C) and rope keys (n_layers, B, dr),
+        which KVCache.append stores. Same math as forward(ids[:, None], cache=...)."""
+        cos, sin = self.rope_cos[pos[:, None]], self.rope_sin[pos[:, None]]  # (B, 1, dr/2)
+        x = self.embed(ids[:, None])
+        new_latents, new_k_ropes = [], []
+        for layer, block in enumerate(self.layers):
+            out, latent, k_rope = block.attn.decode_static(block.attn_norm(x), cos, sin, latents[layer],
+                                                           k_ropes[layer], valid)
+            x = x + out
+            h = block.ffn_norm(x)
+            x = x + (block.ffn(h, static=True)[0] if isinstance(block.ffn, MoE) else block.ffn(h))
+            new_latents.append(latent[:, 0])
+            new_k_ropes.append(k_rope[:, 0])
+        return self.head(self.norm(x))[:, 0], torch.stack(new_latents), torch.stack(new_k_ropes)
 
     def mtp_draft(self, hidden, next_ids, positions, cache, slot):
         """MTP depth 1 at decoding time: from the main hidden states of the tokens in slots slot..slot+T-1

@@ -22,6 +22,7 @@ from nanor1 import checkpoint
 from nanor1.cli import report
 from nanor1.config import ConfigError, check_ranges, config_from_dict, config_to_dict, require
 from nanor1.device import DTYPES, autocast, pick_device, resolve_dtype
+from nanor1.engine import DECODE_MODES
 from nanor1.evaluate import evaluate_tasks, format_evals
 from nanor1.jsonl import read_jsonl, truncate_log
 from nanor1.model import GPT, ModelConfig, make_optimizer, num_params
@@ -74,6 +75,7 @@ class SFTConfig:
     eval_batch_size: int = 64  # sequences per sampling batch in evaluation
     eval_samples: int = 1  # completions per held-out problem; accuracy is their mean (pass@1)
     eval_temperature: float = 0.0  # 0: greedy; 1: the policy as it samples (R1 reports sampled pass@1)
+    decode: str = "eager"  # sampler: 'eager' (the reference), 'static' (fixed shapes), 'compiled' (torch.compile)
     save_every: int = 250  # steps between checkpoints
     progress: bool = True  # tqdm bar
     time_budget_min: float = 0.0  # stop cleanly (save, evaluate, plot) after this many minutes; 0: no limit
@@ -88,6 +90,7 @@ class SFTConfig:
                                    "eval_temperature"),
                      fractions=("min_lr_frac", "beta1", "beta2"))
         require(self.dtype in DTYPES, "dtype", f"must be one of {list(DTYPES)}, got {self.dtype!r}")
+        require(self.decode in DECODE_MODES, "decode", f"must be one of {list(DECODE_MODES)}, got {self.decode!r}")
         require(self.eval_split in SPLITS, "eval_split", f"must be one of {list(SPLITS)}, got {self.eval_split!r}")
         unknown = [t for t in self.tasks if t not in TASKS]
         require(not unknown, "tasks", f"names unknown tasks {unknown} (known: {', '.join(TASKS)})")

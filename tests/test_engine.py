@@ -136,3 +136,65 @@ def test_speculative_sampling_matches_plain_sampling_in_distribution(model):
         a = torch.bincount(torch.tensor([t[pos] for t in plain]), minlength=512).float() / 3000
         b = torch.bincount(torch.tensor([t[pos] for t in spec.tokens]), minlength=512).float() / 3000
         assert (a - b).abs().max() < 0.05, pos
+
+
+# ------------------------------------------------------------------ static shapes and speculative edge cases
+
+def test_static_step_matches_the_eager_step(model):
+    """GPT.decode_step (reads the whole cache, masked; dense MoE) gives the eager decoding path's logits, and
+    KVCache.append leaves the cache as the eager path's own writes do."""
+    from nanor1.model import KVCache
+    idx = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])
+    start = torch.tensor([2, 0])
+    caches = [KVCache(model.cfg, 2, 12, "cpu", torch.float32, start=start) for _ in range(2)]
+    with torch.no_grad():
+        for cache in caches:
+            model(idx, cache=cache)
+        for ids in ([9, 8], [7, 3], [2, 2]):
+            ids = torch.tensor(ids)
+            eager = model(ids[:, None], cache=caches[0]).logits[:, -1]
+            c = caches[1]
+            static, latents, k_ropes = model.decode_step(ids, c.latent, c.k_rope, c.valid, c.pos)
+            c.append(latents, k_ropes)
+            torch.testing.assert_close(static, eager, atol=1e-5, rtol=1e-5)
+    L = model.cfg.n_layers
+    assert caches[1].length == caches[0].length and torch.equal(caches[1].pos, caches[0].pos)
+    assert torch.equal(caches[1].valid, caches[0].valid)
+    torch.testing.assert_close(caches[1].latent[:L], caches[0].latent[:L], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("decode", ["static", "compiled"])
+def test_static_and_compiled_decoding_give_the_eager_tokens(model, decode):
+    """Same greedy tokens and the same seeded samples, with rows stopping at different times (so the batch
+    shrinks: by quarters in the eager loop, to powers of two in the static one)."""
+    prompts = PROMPTS + [[3, 1, 4, 1, 5], [2, 7, 1, 8]]
+    free = generate(model, prompts, 20, temperature=0).tokens
+    stops = [free[0][3]] + list(range(1, model.cfg.vocab_size, 9))  # ~1 token in 9 stops a sampled row
+    for kwargs in (dict(temperature=0), dict(temperature=1.0, n=3, seed=11), dict(temperature=0.8, top_k=20,
+                                                                                  top_p=0.9, n=2, seed=3)):
+        eager = generate(model, prompts, 20, stop_ids=stops, **kwargs)
+        other = generate(model, prompts, 20, stop_ids=stops, decode=decode, **kwargs)
+        assert other.tokens == eager.tokens and other.finished == eager.finished
+        assert len({len(t) for t in eager.tokens}) > 1  # rows did stop at different lengths
+
+
+def test_unknown_decode_mode_is_a_clear_error(model):
+    with pytest.raises(ValueError, match="decode must be one of"):
+        generate(model, PROMPTS, 4, decode="fast")
+
+
+def test_speculative_up_to_max_seq_len_and_with_rows_stopping_early(model):
+    """Used to crash: prompt + max_new_tokens == max_seq_len puts the last draft one past the RoPE table, and
+    stopped rows kept advancing their positions while long ones went on."""
+    long_prompt = [5] * (model.cfg.max_seq_len - 30)
+    plain = generate(model, [long_prompt], 30, temperature=0)
+    spec = generate(model, [long_prompt], 30, temperature=0, speculative=True)
+    assert spec.tokens == plain.tokens and len(spec.tokens[0]) == 30
+    prompts = [long_prompt, [1, 2], [7, 7, 7]]
+    free = generate(model, prompts, 30, temperature=0).tokens
+    stop = free[1][1]  # the short prompt's row stops after 2 tokens
+    a = generate(model, prompts, 30, temperature=0, stop_ids=[stop])
+    b = generate(model, prompts, 30, temperature=0, stop_ids=[stop], speculative=True)
+    assert a.tokens == b.tokens and len(a.tokens[1]) <= 2 and len(a.tokens[0]) > 2
+    sampled = generate(model, prompts, 30, n=2, temperature=1.0, seed=0, stop_ids=[stop], speculative=True)
+    assert all(1 <= len(t) <= 30 for t in sampled.tokens)

@@ -156,3 +156,26 @@ def test_grpo_update_under_torchrun_equals_the_single_process_update(tmp_path):
     for name, value in single.items():  # the weights too (Adam divides by sqrt(v): a little noise, 1e-3 steps)
         assert torch.allclose(value, ddp["params"][name], atol=5e-5), name
     assert sum((v - before[k]).abs().max() > 1e-4 for k, v in single.items()) > 10  # the update moved weights
+
+
+def test_countdown_gpu_config_dry_run_on_cpu(tmp_path):
+    """configs/countdown.py (the one-GPU aha) end to end at reduced size on the CPU, in the GPU's precision
+    (bf16 autocast) and with the static-shape sampler: cold start, 2 GRPO steps, evaluation, checkpoint."""
+    tiny = ["--sft.model.dim=32", "--sft.model.n_layers=2", "--sft.model.n_heads=2", "--sft.model.kv_lora_rank=16",
+            "--sft.model.qk_nope_head_dim=8", "--sft.model.qk_rope_head_dim=8", "--sft.model.v_head_dim=8",
+            "--sft.model.inter_dim=64", "--sft.model.n_routed_experts=4", "--sft.model.n_expert_groups=2",
+            "--sft.model.n_limited_groups=1", "--sft.model.n_activated_experts=2", "--sft.model.moe_inter_dim=16",
+            "--sft.model.max_seq_len=160", "--sft.vocab_size=300", "--sft.n_examples=300", "--sft.max_len=120",
+            "--sft.max_steps=4", "--sft.batch_size=8", "--sft.eval_problems=2", "--sft.eval_max_new_tokens=8",
+            "--sft.progress=false", "--sft.dtype=bf16"]
+    cfg = load_config(train_grpo.GRPOConfig, [
+        os.path.join(ROOT, "configs", "countdown.py"), f"--out_dir={tmp_path / 'grpo'}",
+        f"--sft.out_dir={tmp_path / 'sft'}", *tiny, "--steps=2", "--prompts_per_step=2", "--group_size=2",
+        "--max_new_tokens=16", "--micro_batch=4", "--eval_every=2", "--eval_problems=4", "--eval_max_new_tokens=16",
+        "--dtype=bf16", "--decode=static", "--progress=false", "--mask_truncated=false"]).check()
+    train_grpo.train(cfg)
+    rows = [json.loads(line) for line in open(tmp_path / "grpo" / "metrics.jsonl")]
+    assert rows[-1]["step"] == 2 and "eval/countdown/acc" in rows[-1]
+    assert all(r["ratio_min"] == 1.0 == r["ratio_max"] for r in rows if r.get("ratio_min") is not None)
+    model, _, _ = checkpoint.load_model(str(tmp_path / "grpo"))
+    assert model.cfg.dim == 32

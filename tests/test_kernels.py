@@ -132,3 +132,36 @@ def test_shape_errors_are_clear():
                             torch.randn(2, 5, 8), torch.randn(1, 1, 4, 16), 0.2)
     with pytest.raises(ValueError, match=r"weight \(10, 7\)"):
         fused_linear_cross_entropy(torch.randn(3, 8), torch.randn(10, 7), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("blocks", [(64, 32), (32, 64), (32, 16)])
+def test_attention_at_gpu_block_shapes(blocks, monkeypatch):
+    """The two-stage loops (unmasked blocks, then the diagonal ones) with unequal query/key blocks, as the GPU
+    uses, forced through the interpreter: fp32 forward and gradients against the reference."""
+    from nanor1.kernels import attention
+    BM, BN = blocks
+    monkeypatch.setattr(attention, "block_config",
+                        lambda *a: dict(BLOCK_M=BM, BLOCK_N=BN, num_warps=4, num_stages=2))
+    B, H, T, dn, dr, dv = 2, 1, 150, 16, 16, 32
+    torch.manual_seed(1)
+    tensors = [torch.randn(B, H, T, dn), torch.randn(B, H, T, dr), torch.randn(B, H, T, dn), torch.randn(B, T, dr),
+               torch.randn(B, H, T, dv)]
+    grad_out = torch.randn(B, H, T, dv)
+    for start in (None, torch.tensor([0, 45])):
+        outs = []
+        for fn in (reference.mla_attention, attention.flash_mla_attention):
+            leaves = [t.clone().requires_grad_() for t in tensors]
+            out = fn(*leaves, (dn + dr) ** -0.5, start)
+            outs.append((out, torch.autograd.grad(out, leaves, grad_out)))
+        (ref, ref_grads), (out, grads) = outs
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, atol=1e-4, rtol=1e-4)
+
+
+def test_chunk_rows_follows_liger_and_free_memory():
+    from nanor1.kernels.cross_entropy import chunk_rows
+    assert chunk_rows(16384, 131072, 4096) == 512  # a chunk of logits ~ the hidden states' size
+    assert chunk_rows(16384, 131072, 4096, free_bytes=8 * 64 * 131072 * 4, logit_bytes=4) == 64  # memory cap
+    assert chunk_rows(16384, 131072, 4096, free_bytes=1, logit_bytes=4) == 16  # never below 16 rows
+    assert chunk_rows(10, 100, 64) == 16

@@ -234,7 +234,7 @@ def test_gpu_check_smoke_mode_runs_every_section(tmp_path):
     assert gpu_check.main(["--smoke", "--work_dir", str(tmp_path / "work"), "--out", str(report)]) == 0
     text = report.read_text()
     for needle in ("## Kernel tests", "exit 0", "| ours (Triton) |", "| torch reference |", "| fwd+bwd |",
-                   "### GRPO", "| 3 |", "all passed"):
+                   "### GRPO", "| 3 (eager) |", "## Decoding", "| static |", "all passed"):
         assert needle in text, needle
     assert "'grouped': 0," not in text  # under bf16 autocast the experts ran on the grouped path
 

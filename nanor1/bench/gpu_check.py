@@ -12,7 +12,9 @@ What it runs, in order (each section is independent: a failure is reported in th
   3. fused linear cross-entropy vs linear + F.cross_entropy: time and peak memory, 16k tokens (50% ignored, as
      GRPO's prompt and padding rows are), D in {1024, 4096}, V in {32k, 128k}, forward-only and forward+backward;
   4. 3 GRPO steps of configs/countdown.py at full size, from a random initialisation (no cold start needed: the
-     point is that the bf16 GPU path runs end to end and how long a step takes), with the MoE path that ran.
+     point is that the bf16 GPU path runs end to end and how long a step takes), with the MoE path that ran;
+  5. the sampler's decode modes (eager, static, compiled) at GRPO's shape on that model: tokens/s and whether
+     the tokens are the same as eager's.
 Ratios are against the baseline measured in the same run on the same device. The report is markdown.
 """
 import argparse
@@ -189,16 +191,60 @@ def grpo_steps(lines, smoke, device, out_dir, n_steps=3):
               "|---|---|---|---|---|---|---|"]
     model_lib.expert_path_used.update(grouped=0, loop=0)
     task = tasks[0]
-    for step in range(n_steps):
+    # then 2 more steps with the compiled sampler (the first one compiles it); not in smoke mode (no C++ on CI)
+    plan = [("eager", n_steps)] + ([] if smoke else [("compiled", 2)])
+    for step, decode in enumerate(d for d, k in plan for _ in range(k)):
+        cfg.decode = decode
         t0 = time.time()
         m = train_grpo.grpo_step(cfg, model, ref, optimizer, tok, task, step, device)
-        lines.append(f"| {step + 1} | {time.time() - t0:.1f} | {m['gen_tokens_per_s']:.0f} | "
+        lines.append(f"| {step + 1} ({decode}) | {time.time() - t0:.1f} | {m['gen_tokens_per_s']:.0f} | "
                      f"{m.get('train_tokens_per_s', 0):.0f} | {m['length']:.0f} | "
                      f"{m.get('ratio_min', 1):.4f} / {m.get('ratio_max', 1):.4f} | {m['loss']:.4f} |")
     lines.append(f"\nExpert matmuls by path: {dict(model_lib.expert_path_used)} "
                  "(the grouped path is torch._grouped_mm; on the GPU under bf16 it should be the only one).")
     checkpoint.save(os.path.join(out_dir, "ckpt.pt"), model=model.state_dict(), model_config=config_to_dict(model_cfg),
                     tokenizer=checkpoint.tokenizer_to_dict(tok), step=n_steps, kind="gpu_check")
+
+
+# ------------------------------------------------------------------------------------------- 5. decoding
+
+def bench_decode(lines, smoke, device):
+    """The sampler's decode modes at GRPO's shape, random weights (no stop token: every row runs to the end)."""
+    import runpy
+    from nanor1.device import autocast
+    from nanor1.engine import generate
+    from nanor1.model import GPT, ModelConfig
+
+    config_file = os.path.join(ROOT, "configs", "grpo_test.py" if smoke else "countdown.py")
+    model_cfg = ModelConfig(**runpy.run_path(config_file)["sft"]["model"])
+    prompts, samples, new_tokens = (2, 2, 8) if smoke else (64, 8, 200)
+    modes = ("eager", "static") if smoke else ("eager", "static", "compiled")  # smoke: no C++ compile on CI
+    torch.manual_seed(0)
+    model = GPT(model_cfg).to(device).eval()
+    batch = [[1 + (i * 7 + j) % 50 for j in range(24)] for i in range(prompts)]
+    lines += [f"{os.path.relpath(config_file, ROOT)}'s model, random weights, {prompts} prompts x {samples} "
+              f"samples, {new_tokens} new tokens, T=1, bf16 autocast; the fastest of 2 calls after a warm-up.", "",
+              "| decode | tok/s | vs eager | first call s | same tokens as eager |", "|---|---|---|---|---|"]
+    base_t = base_tokens = None
+    for mode in modes:
+        def run():
+            with autocast(device, "bf16"):
+                return generate(model, batch, new_tokens, n=samples, temperature=1.0, seed=0, decode=mode)
+        t0 = time.time()
+        first = run()
+        first_s = time.time() - t0
+        times = []
+        for _ in range(2):
+            t0 = time.time()
+            run()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.time() - t0)
+        t = min(times)
+        n_tokens = sum(map(len, first.tokens))
+        base_t, base_tokens = base_t or t, base_tokens or first.tokens
+        lines.append(f"| {mode} | {n_tokens / t:,.0f} | {base_t / t:.2f}x | {first_s:.1f} | "
+                     f"{first.tokens == base_tokens} |")
 
 
 def main(argv=None):
@@ -223,7 +269,8 @@ def main(argv=None):
     sections = [("Kernel tests", lambda: run_tests(lines, args.smoke)),
                 ("Attention", lambda: bench_attention(lines, args.smoke, device, dtype)),
                 ("Loss", lambda: bench_loss(lines, args.smoke, device, dtype)),
-                ("GRPO", lambda: grpo_steps(lines, args.smoke, device, args.work_dir))]
+                ("GRPO", lambda: grpo_steps(lines, args.smoke, device, args.work_dir)),
+                ("Decoding", lambda: bench_decode(lines, args.smoke, device))]
     failed = []
     for title, section in sections:
         lines += ["", f"## {title}", ""]

@@ -4,7 +4,12 @@ FlashAttention-2 (Dao 2023) structure, as in Triton's fused-attention tutorial:
   forward:  one program per (query block, batch*head); loop over key blocks with an online softmax in
             base 2 (m = running max, l = running sum); save LSE = m + log2(l) per row. No T x T matrix.
   backward: Delta = rowsum(O * dO) (preprocess); one program per key block accumulates dK and dV over the
-            query blocks that see it; one program per query block accumulates dQ. No atomics.
+            query blocks that see it; one program per query block accumulates dQ. No atomics. Two launches
+            recompute QK^T and dO V^T once each (FA2's single-launch backward needs atomics on dQ); which is
+            faster for MLA's dims on an H100 is still to be measured (docs/bench_kernels_*.md).
+  masking:  each loop runs in two stages, as the tutorial does: blocks wholly on one side of the diagonal
+            with no causal mask, then the few diagonal blocks with it (the `CAUSAL` constexpr of the inner
+            loops); left padding adds a mask only when a batch has some (`HAS_START`).
 MLA specifics (DeepSeek-V2 eqs. 44-46): the score is q_nope.k_nope + q_rope.k_rope, so the two parts are
 two dots (each padded to a power of two); k_rope is one vector per token shared by all heads (loaded with
 no head stride; its gradient is summed over heads afterwards); the value dim differs from the key dim.
@@ -22,6 +27,66 @@ LOG2E = 1.4426950408889634
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+# ------------------------------------------------------------------------------------- shared pieces
+
+@triton.jit
+def _tile(base, rows, row_stride, cols, T, D, UPCAST: tl.constexpr):
+    """Rows `rows` (< T) and columns `cols` (< D) of a (T, D) matrix at `base` whose rows are row_stride apart,
+    zeros outside: (len(rows), len(cols)). UPCAST: fp32, for the interpreter (its bf16 dot is wrong)."""
+    x = tl.load(base + rows[:, None] * row_stride + cols[None, :],
+                mask=(rows[:, None] < T) & (cols[None, :] < D), other=0.0)
+    if UPCAST:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _scores(qn, qr, kn, kr, PRECISION: tl.constexpr):
+    """MLA's score q_nope.k_nope + q_rope.k_rope (V2 eq. 46), the rope dot chained onto the nope one's
+    accumulator. q: (M, d) tiles, k: (N, d) tiles -> (M, N) fp32."""
+    s = tl.dot(qn, tl.trans(kn), input_precision=PRECISION)
+    return tl.dot(qr, tl.trans(kr), acc=s, input_precision=PRECISION)
+
+
+@triton.jit
+def _mask(x, offs_m, offs_n, start, T, fill, CAUSAL: tl.constexpr, HAS_START: tl.constexpr):
+    """Set what a query may not see to `fill`: keys after it and past the end (only in CAUSAL, the diagonal
+    blocks: every other block lies wholly before its queries) and left padding (HAS_START)."""
+    if CAUSAL:
+        x = tl.where((offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] < T), x, fill)
+    if HAS_START:
+        x = tl.where(offs_n[None, :] >= start, x, fill)
+    return x
+
+
+# ------------------------------------------------------------------------------------------- forward
+
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, qn, qr, kn_base, kr_base, v_base, s_kn_t, s_kr_t, s_v_t,
+                    offs_m, start, lo, hi, T, qk_scale,
+                    DN: tl.constexpr, DR: tl.constexpr, DV: tl.constexpr,
+                    BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr, BLOCK_N: tl.constexpr,
+                    CAUSAL: tl.constexpr, HAS_START: tl.constexpr, UPCAST: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    """The online softmax (FlashAttention-2 alg. 1) over key blocks lo..hi, in base 2."""
+    dn, dr, dv = tl.arange(0, BDN), tl.arange(0, BDR), tl.arange(0, BDV)
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        kn = _tile(kn_base, offs_n, s_kn_t, dn, T, DN, UPCAST)  # (BLOCK_N, BDN)
+        kr = _tile(kr_base, offs_n, s_kr_t, dr, T, DR, UPCAST)  # (BLOCK_N, BDR), shared by the heads
+        v = _tile(v_base, offs_n, s_v_t, dv, T, DV, UPCAST)  # (BLOCK_N, BDV)
+        s = _scores(qn, qr, kn, kr, PRECISION) * qk_scale  # scores in base-2 units
+        s = _mask(s, offs_m, offs_n, start, T, float("-inf"), CAUSAL, HAS_START)
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing kept yet
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
 @triton.jit
 def _attn_fwd(Qn, Qr, Kn, Kr, V, O, LSE, Start,
               s_qn_b, s_qn_h, s_qn_t, s_qr_b, s_qr_h, s_qr_t, s_kn_b, s_kn_h, s_kn_t, s_kr_b, s_kr_t,
@@ -31,49 +96,32 @@ def _attn_fwd(Qn, Qr, Kn, Kr, V, O, LSE, Start,
               BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
               HAS_START: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """O and LSE of one query block: key blocks wholly before it unmasked, then the diagonal ones masked."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dn, dr, dv = tl.arange(0, BDN), tl.arange(0, BDR), tl.arange(0, BDV)
     row_ok = offs_m < T
-    qn = tl.load(Qn + b * s_qn_b + h * s_qn_h + offs_m[:, None] * s_qn_t + dn[None, :],
-                 mask=row_ok[:, None] & (dn[None, :] < DN), other=0.0)  # (BLOCK_M, BDN)
-    qr = tl.load(Qr + b * s_qr_b + h * s_qr_h + offs_m[:, None] * s_qr_t + dr[None, :],
-                 mask=row_ok[:, None] & (dr[None, :] < DR), other=0.0)  # (BLOCK_M, BDR)
-    if UPCAST:  # the interpreter's dot is wrong on bf16: compute in fp32 there
-        qn, qr = qn.to(tl.float32), qr.to(tl.float32)
+    qn = _tile(Qn + b * s_qn_b + h * s_qn_h, offs_m, s_qn_t, dn, T, DN, UPCAST)  # (BLOCK_M, BDN)
+    qr = _tile(Qr + b * s_qr_b + h * s_qr_h, offs_m, s_qr_t, dr, T, DR, UPCAST)  # (BLOCK_M, BDR)
     if HAS_START:
         start = tl.load(Start + b).to(tl.int32)
     else:
         start = 0
     lo = (start // BLOCK_N) * BLOCK_N  # key blocks wholly in the padding are skipped
+    diag = (pid_m * BLOCK_M // BLOCK_N) * BLOCK_N  # key blocks from here on reach past the first query
     hi = tl.minimum((pid_m + 1) * BLOCK_M, T)  # causal: nothing past the block's last query
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BDV], tl.float32)
-    for n0 in range(lo, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < T
-        kn = tl.load(Kn + b * s_kn_b + h * s_kn_h + offs_n[None, :] * s_kn_t + dn[:, None],
-                     mask=col_ok[None, :] & (dn[:, None] < DN), other=0.0)  # (BDN, BLOCK_N)
-        kr = tl.load(Kr + b * s_kr_b + offs_n[None, :] * s_kr_t + dr[:, None],
-                     mask=col_ok[None, :] & (dr[:, None] < DR), other=0.0)  # (BDR, BLOCK_N), shared by heads
-        v = tl.load(V + b * s_v_b + h * s_v_h + offs_n[:, None] * s_v_t + dv[None, :],
-                    mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)  # (BLOCK_N, BDV)
-        if UPCAST:
-            kn, kr, v = kn.to(tl.float32), kr.to(tl.float32), v.to(tl.float32)
-        s = tl.dot(qn, kn, input_precision=PRECISION) + tl.dot(qr, kr, input_precision=PRECISION)
-        s = s * qk_scale  # scores in base-2 units
-        keep = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= start) & col_ok[None, :]
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with nothing kept yet
-        p = tl.math.exp2(s - m_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+    kn_base, kr_base, v_base = Kn + b * s_kn_b + h * s_kn_h, Kr + b * s_kr_b, V + b * s_v_b + h * s_v_h
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, qn, qr, kn_base, kr_base, v_base, s_kn_t, s_kr_t, s_v_t,
+                                    offs_m, start, lo, diag, T, qk_scale, DN, DR, DV, BDN, BDR, BDV, BLOCK_N,
+                                    False, HAS_START, UPCAST, PRECISION)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, qn, qr, kn_base, kr_base, v_base, s_kn_t, s_kr_t, s_v_t,
+                                    offs_m, start, tl.maximum(lo, diag), hi, T, qk_scale, DN, DR, DV,
+                                    BDN, BDR, BDV, BLOCK_N, True, HAS_START, UPCAST, PRECISION)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -81,6 +129,34 @@ def _attn_fwd(Qn, Qr, Kn, Kr, V, O, LSE, Start,
              mask=row_ok[:, None] & (dv[None, :] < DV))
     lse = tl.where(empty, 0.0, tl.where(m_i == float("-inf"), 0.0, m_i) + tl.math.log2(l_safe))
     tl.store(LSE + pid_bh * T + offs_m, lse, mask=row_ok)
+
+
+# ------------------------------------------------------------------------------------------ backward
+
+@triton.jit
+def _attn_bwd_kv_inner(dkn, dkr, dvv, kn, kr, v, qn_base, qr_base, do_base, s_qn_t, s_qr_t, s_do_t,
+                       LSE_row, Delta_row, offs_n, start, lo, hi, T, qk_scale,
+                       DN: tl.constexpr, DR: tl.constexpr, DV: tl.constexpr,
+                       BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr, BLOCK_M: tl.constexpr,
+                       CAUSAL: tl.constexpr, HAS_START: tl.constexpr, UPCAST: tl.constexpr,
+                       PRECISION: tl.constexpr):
+    """dK, dV contributions of query blocks lo..hi. Rows past T load q = dO = 0 and contribute nothing."""
+    dn, dr, dv = tl.arange(0, BDN), tl.arange(0, BDR), tl.arange(0, BDV)
+    for m0 in range(lo, hi, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        qn = _tile(qn_base, offs_m, s_qn_t, dn, T, DN, UPCAST)
+        qr = _tile(qr_base, offs_m, s_qr_t, dr, T, DR, UPCAST)
+        do = _tile(do_base, offs_m, s_do_t, dv, T, DV, UPCAST)
+        lse = tl.load(LSE_row + offs_m, mask=offs_m < T, other=0.0)
+        delta = tl.load(Delta_row + offs_m, mask=offs_m < T, other=0.0)
+        s = _scores(qn, qr, kn, kr, PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+        p = _mask(tl.math.exp2(s - lse[:, None]), offs_m, offs_n, start, T, 0.0, CAUSAL, HAS_START)  # P again
+        dvv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])  # dS = P * (dP - rowsum(dO * O))
+        dkn += tl.dot(tl.trans(ds).to(qn.dtype), qn, input_precision=PRECISION)
+        dkr += tl.dot(tl.trans(ds).to(qr.dtype), qr, input_precision=PRECISION)
+    return dkn, dkr, dvv
 
 
 @triton.jit
@@ -92,20 +168,16 @@ def _attn_bwd_kv(Qn, Qr, Kn, Kr, V, dO, LSE, Delta, Start, dKn, dKr, dV,
                  BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  HAS_START: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """dK, dV of one key block: sum over the query blocks at or after it. dKr is per head (B, H, T, DR)."""
+    """dK, dV of one key block: sum over the query blocks at or after it, the diagonal ones masked.
+    dKr is per head (B, H, T, DR)."""
     pid_n, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     dn, dr, dv = tl.arange(0, BDN), tl.arange(0, BDR), tl.arange(0, BDV)
     col_ok = offs_n < T
-    kn = tl.load(Kn + b * s_kn_b + h * s_kn_h + offs_n[:, None] * s_kn_t + dn[None, :],
-                 mask=col_ok[:, None] & (dn[None, :] < DN), other=0.0)  # (BLOCK_N, BDN)
-    kr = tl.load(Kr + b * s_kr_b + offs_n[:, None] * s_kr_t + dr[None, :],
-                 mask=col_ok[:, None] & (dr[None, :] < DR), other=0.0)  # (BLOCK_N, BDR)
-    v = tl.load(V + b * s_v_b + h * s_v_h + offs_n[:, None] * s_v_t + dv[None, :],
-                mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)  # (BLOCK_N, BDV)
-    if UPCAST:
-        kn, kr, v = kn.to(tl.float32), kr.to(tl.float32), v.to(tl.float32)
+    kn = _tile(Kn + b * s_kn_b + h * s_kn_h, offs_n, s_kn_t, dn, T, DN, UPCAST)  # (BLOCK_N, BDN)
+    kr = _tile(Kr + b * s_kr_b, offs_n, s_kr_t, dr, T, DR, UPCAST)  # (BLOCK_N, BDR)
+    v = _tile(V + b * s_v_b + h * s_v_h, offs_n, s_v_t, dv, T, DV, UPCAST)  # (BLOCK_N, BDV)
     if HAS_START:
         start = tl.load(Start + b).to(tl.int32)
     else:
@@ -114,28 +186,15 @@ def _attn_bwd_kv(Qn, Qr, Kn, Kr, V, dO, LSE, Delta, Start, dKn, dKr, dV,
     dkr = tl.zeros([BLOCK_N, BDR], tl.float32)
     dvv = tl.zeros([BLOCK_N, BDV], tl.float32)
     lo = ((pid_n * BLOCK_N) // BLOCK_M) * BLOCK_M  # earlier queries cannot see these keys
-    for m0 in range(lo, T, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        row_ok = offs_m < T
-        qn = tl.load(Qn + b * s_qn_b + h * s_qn_h + offs_m[:, None] * s_qn_t + dn[None, :],
-                     mask=row_ok[:, None] & (dn[None, :] < DN), other=0.0)
-        qr = tl.load(Qr + b * s_qr_b + h * s_qr_h + offs_m[:, None] * s_qr_t + dr[None, :],
-                     mask=row_ok[:, None] & (dr[None, :] < DR), other=0.0)
-        do = tl.load(dO + b * s_do_b + h * s_do_h + offs_m[:, None] * s_do_t + dv[None, :],
-                     mask=row_ok[:, None] & (dv[None, :] < DV), other=0.0)
-        if UPCAST:
-            qn, qr, do = qn.to(tl.float32), qr.to(tl.float32), do.to(tl.float32)
-        lse = tl.load(LSE + pid_bh * T + offs_m, mask=row_ok, other=0.0)
-        delta = tl.load(Delta + pid_bh * T + offs_m, mask=row_ok, other=0.0)
-        s = (tl.dot(qn, tl.trans(kn), input_precision=PRECISION)
-             + tl.dot(qr, tl.trans(kr), input_precision=PRECISION)) * qk_scale  # (BLOCK_M, BLOCK_N)
-        keep = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= start) & col_ok[None, :] & row_ok[:, None]
-        p = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)  # the softmax probabilities, recomputed
-        dvv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])  # dS = P * (dP - rowsum(dO * O))
-        dkn += tl.dot(tl.trans(ds).to(qn.dtype), qn, input_precision=PRECISION)
-        dkr += tl.dot(tl.trans(ds).to(qr.dtype), qr, input_precision=PRECISION)
+    diag_end = tl.cdiv((pid_n + 1) * BLOCK_N, BLOCK_M) * BLOCK_M  # later query blocks see the whole block
+    qn_base, qr_base = Qn + b * s_qn_b + h * s_qn_h, Qr + b * s_qr_b + h * s_qr_h
+    do_base, lse_row, delta_row = dO + b * s_do_b + h * s_do_h, LSE + pid_bh * T, Delta + pid_bh * T
+    dkn, dkr, dvv = _attn_bwd_kv_inner(dkn, dkr, dvv, kn, kr, v, qn_base, qr_base, do_base, s_qn_t, s_qr_t, s_do_t,
+                                       lse_row, delta_row, offs_n, start, lo, tl.minimum(diag_end, T), T, qk_scale,
+                                       DN, DR, DV, BDN, BDR, BDV, BLOCK_M, True, HAS_START, UPCAST, PRECISION)
+    dkn, dkr, dvv = _attn_bwd_kv_inner(dkn, dkr, dvv, kn, kr, v, qn_base, qr_base, do_base, s_qn_t, s_qr_t, s_do_t,
+                                       lse_row, delta_row, offs_n, start, diag_end, T, T, qk_scale,
+                                       DN, DR, DV, BDN, BDR, BDV, BLOCK_M, False, HAS_START, UPCAST, PRECISION)
     base = b * H * T + h * T  # dKn, dKr, dV are contiguous (B, H, T, d)
     tl.store(dKn + (base + offs_n[:, None]) * DN + dn[None, :], (dkn * sm_scale).to(dKn.dtype.element_ty),
              mask=col_ok[:, None] & (dn[None, :] < DN))
@@ -143,6 +202,29 @@ def _attn_bwd_kv(Qn, Qr, Kn, Kr, V, dO, LSE, Delta, Start, dKn, dKr, dV,
              mask=col_ok[:, None] & (dr[None, :] < DR))
     tl.store(dV + (base + offs_n[:, None]) * DV + dv[None, :], dvv.to(dV.dtype.element_ty),
              mask=col_ok[:, None] & (dv[None, :] < DV))
+
+
+@triton.jit
+def _attn_bwd_q_inner(dqn, dqr, qn, qr, do, lse, delta, kn_base, kr_base, v_base, s_kn_t, s_kr_t, s_v_t,
+                      offs_m, start, lo, hi, T, qk_scale,
+                      DN: tl.constexpr, DR: tl.constexpr, DV: tl.constexpr,
+                      BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr, BLOCK_N: tl.constexpr,
+                      CAUSAL: tl.constexpr, HAS_START: tl.constexpr, UPCAST: tl.constexpr,
+                      PRECISION: tl.constexpr):
+    """dQ contributions of key blocks lo..hi."""
+    dn, dr, dv = tl.arange(0, BDN), tl.arange(0, BDR), tl.arange(0, BDV)
+    for n0 in range(lo, hi, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        kn = _tile(kn_base, offs_n, s_kn_t, dn, T, DN, UPCAST)
+        kr = _tile(kr_base, offs_n, s_kr_t, dr, T, DR, UPCAST)
+        v = _tile(v_base, offs_n, s_v_t, dv, T, DV, UPCAST)
+        s = _scores(qn, qr, kn, kr, PRECISION) * qk_scale
+        p = _mask(tl.math.exp2(s - lse[:, None]), offs_m, offs_n, start, T, 0.0, CAUSAL, HAS_START)
+        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dqn += tl.dot(ds.to(kn.dtype), kn, input_precision=PRECISION)
+        dqr += tl.dot(ds.to(kr.dtype), kr, input_precision=PRECISION)
+    return dqn, dqr
 
 
 @triton.jit
@@ -154,20 +236,15 @@ def _attn_bwd_q(Qn, Qr, Kn, Kr, V, dO, LSE, Delta, Start, dQn, dQr,
                 BDN: tl.constexpr, BDR: tl.constexpr, BDV: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 HAS_START: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """dQ of one query block: sum over the key blocks it sees."""
+    """dQ of one query block: sum over the key blocks it sees, the diagonal ones masked."""
     pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     dn, dr, dv = tl.arange(0, BDN), tl.arange(0, BDR), tl.arange(0, BDV)
     row_ok = offs_m < T
-    qn = tl.load(Qn + b * s_qn_b + h * s_qn_h + offs_m[:, None] * s_qn_t + dn[None, :],
-                 mask=row_ok[:, None] & (dn[None, :] < DN), other=0.0)
-    qr = tl.load(Qr + b * s_qr_b + h * s_qr_h + offs_m[:, None] * s_qr_t + dr[None, :],
-                 mask=row_ok[:, None] & (dr[None, :] < DR), other=0.0)
-    do = tl.load(dO + b * s_do_b + h * s_do_h + offs_m[:, None] * s_do_t + dv[None, :],
-                 mask=row_ok[:, None] & (dv[None, :] < DV), other=0.0)
-    if UPCAST:
-        qn, qr, do = qn.to(tl.float32), qr.to(tl.float32), do.to(tl.float32)
+    qn = _tile(Qn + b * s_qn_b + h * s_qn_h, offs_m, s_qn_t, dn, T, DN, UPCAST)
+    qr = _tile(Qr + b * s_qr_b + h * s_qr_h, offs_m, s_qr_t, dr, T, DR, UPCAST)
+    do = _tile(dO + b * s_do_b + h * s_do_h, offs_m, s_do_t, dv, T, DV, UPCAST)
     lse = tl.load(LSE + pid_bh * T + offs_m, mask=row_ok, other=0.0)
     delta = tl.load(Delta + pid_bh * T + offs_m, mask=row_ok, other=0.0)
     if HAS_START:
@@ -177,26 +254,15 @@ def _attn_bwd_q(Qn, Qr, Kn, Kr, V, dO, LSE, Delta, Start, dQn, dQr,
     dqn = tl.zeros([BLOCK_M, BDN], tl.float32)
     dqr = tl.zeros([BLOCK_M, BDR], tl.float32)
     lo = (start // BLOCK_N) * BLOCK_N
+    diag = (pid_m * BLOCK_M // BLOCK_N) * BLOCK_N
     hi = tl.minimum((pid_m + 1) * BLOCK_M, T)
-    for n0 in range(lo, hi, BLOCK_N):
-        offs_n = n0 + tl.arange(0, BLOCK_N)
-        col_ok = offs_n < T
-        kn = tl.load(Kn + b * s_kn_b + h * s_kn_h + offs_n[:, None] * s_kn_t + dn[None, :],
-                     mask=col_ok[:, None] & (dn[None, :] < DN), other=0.0)
-        kr = tl.load(Kr + b * s_kr_b + offs_n[:, None] * s_kr_t + dr[None, :],
-                     mask=col_ok[:, None] & (dr[None, :] < DR), other=0.0)
-        v = tl.load(V + b * s_v_b + h * s_v_h + offs_n[:, None] * s_v_t + dv[None, :],
-                    mask=col_ok[:, None] & (dv[None, :] < DV), other=0.0)
-        if UPCAST:
-            kn, kr, v = kn.to(tl.float32), kr.to(tl.float32), v.to(tl.float32)
-        s = (tl.dot(qn, tl.trans(kn), input_precision=PRECISION)
-             + tl.dot(qr, tl.trans(kr), input_precision=PRECISION)) * qk_scale
-        keep = (offs_n[None, :] <= offs_m[:, None]) & (offs_n[None, :] >= start) & col_ok[None, :] & row_ok[:, None]
-        p = tl.where(keep, tl.math.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dqn += tl.dot(ds.to(kn.dtype), kn, input_precision=PRECISION)
-        dqr += tl.dot(ds.to(kr.dtype), kr, input_precision=PRECISION)
+    kn_base, kr_base, v_base = Kn + b * s_kn_b + h * s_kn_h, Kr + b * s_kr_b, V + b * s_v_b + h * s_v_h
+    dqn, dqr = _attn_bwd_q_inner(dqn, dqr, qn, qr, do, lse, delta, kn_base, kr_base, v_base, s_kn_t, s_kr_t, s_v_t,
+                                 offs_m, start, lo, diag, T, qk_scale,
+                                 DN, DR, DV, BDN, BDR, BDV, BLOCK_N, False, HAS_START, UPCAST, PRECISION)
+    dqn, dqr = _attn_bwd_q_inner(dqn, dqr, qn, qr, do, lse, delta, kn_base, kr_base, v_base, s_kn_t, s_kr_t, s_v_t,
+                                 offs_m, start, tl.maximum(lo, diag), hi, T, qk_scale,
+                                 DN, DR, DV, BDN, BDR, BDV, BLOCK_N, True, HAS_START, UPCAST, PRECISION)
     base = b * H * T + h * T
     tl.store(dQn + (base + offs_m[:, None]) * DN + dn[None, :], (dqn * sm_scale).to(dQn.dtype.element_ty),
              mask=row_ok[:, None] & (dn[None, :] < DN))

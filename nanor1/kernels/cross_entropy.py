@@ -13,6 +13,18 @@ a GRPO batch) are dropped before the GEMMs and give 0 loss and 0 gradient; dW ac
 Mixed precision: under autocast the GEMMs run in bf16 on bf16 copies of h and W that the backward reuses, so
 the recomputed logits match the saved LSE wherever .backward() is called (see _FusedLinearCrossEntropy).
 
+Where it sits among the public designs (ideas only; no code taken):
+  - Liger-Kernel's fused linear CE: the same chunking over rows with the logits of a chunk materialised
+    (GEMM by cuBLAS, softmax and its gradient by a Triton row kernel); Liger computes the chunk's gradients in
+    the forward and keeps them, we recompute the chunk's logits in the backward (one more GEMM, but the forward
+    of GRPO's no-grad passes pays nothing for gradients, and no N x D / V x D gradient waits in memory).
+  - Apple's Cut Cross-Entropy: no logits in global memory at all; the GEMM and the log-sum-exp are one kernel
+    that keeps logit tiles on chip and writes only the target logit and the LSE (memory O(N)); the backward
+    skips vocabulary blocks whose softmax is negligible. Faster and leaner at large V, and a much harder
+    kernel to read: here the GEMM stays a matmul call, the lesson is the online LSE and the chunking.
+  - Chunk size (chunk_rows): Liger's rule (a chunk of logits about as large as the hidden states), capped on
+    the GPU so a chunk's logits fit in a fraction of the free memory.
+
 Reference: kernels/reference.py::linear_cross_entropy. Tests: tests/test_kernels.py.
 """
 import os
@@ -67,9 +79,22 @@ def _block_v(V):
     return min(1024 if _INTERPRET else 4096, triton.next_power_of_2(V))
 
 
-def chunk_rows(N, V, D):
-    """Rows per chunk: logits of a chunk about as large as the hidden states (Liger's rule), a power of 2."""
-    return min(triton.next_power_of_2(max(N, 1)), max(16, triton.next_power_of_2(triton.cdiv(N, triton.cdiv(V, D)))))
+def chunk_rows(N, V, D, free_bytes=None, logit_bytes=4):
+    """Rows per chunk, a power of 2: logits of a chunk about as large as the hidden states (Liger's rule), and,
+    when free_bytes (free device memory) is known, no more than 1/8 of it for a chunk's logits of logit_bytes
+    each (the fp32 fallback of the dW accumulation holds one more copy of them)."""
+    rows = min(triton.next_power_of_2(max(N, 1)), max(16, triton.next_power_of_2(triton.cdiv(N, triton.cdiv(V, D)))))
+    if free_bytes is not None:
+        while rows > 16 and rows * V * logit_bytes > free_bytes // 8:
+            rows //= 2
+    return rows
+
+
+def _free_bytes(device):
+    """Free memory of a CUDA device (None elsewhere: the chunking then follows Liger's rule alone)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.mem_get_info(device)[0]
 
 
 _fp32_out_matmul = {"ok": None}  # does this build accumulate a bf16 matmul straight into fp32 (addmm out_dtype)?
@@ -120,7 +145,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         loss = torch.zeros(N, dtype=torch.float32, device=hidden.device)
         loss_rows = torch.empty(rows.numel(), dtype=torch.float32, device=hidden.device)
         lse = torch.empty(rows.numel(), dtype=torch.float32, device=hidden.device)
-        chunk = chunk or chunk_rows(rows.numel(), V, D)
+        chunk = chunk or chunk_rows(rows.numel(), V, D, _free_bytes(hidden.device), 4)
         with torch.autocast(hidden.device.type, enabled=False):
             for r0 in range(0, rows.numel(), chunk):
                 part = slice(r0, min(r0 + chunk, rows.numel()))
