@@ -17,3 +17,5 @@ n_samples = 8
 max_new_tokens = 12
 finetune_steps = 5
 eval_problems = 16
+label_prompts = 32
+report_prompts = 16

@@ -8,20 +8,24 @@ One round (run R of them: expert iteration / STaR / RAFT):
 Entry point: `python -m nanor1.rejection CONFIG.py [--key=value ...]` (see configs/rejection_arithmetic.py).
 """
 import collections
+import copy
 import dataclasses
 import json
 import os
+import random
 import re
 import zlib
 
 import torch
-import torch.nn as nn
 
 from nanor1 import checkpoint
 from nanor1.cli import main
 from nanor1.config import ConfigError, config_to_dict
 from nanor1.device import autocast, pick_device
 from nanor1.evaluate import complete, majority_answer, summarize, vote_of
+from nanor1.judges import (filter_report, judge_pairs, judge_scores, orm_scores,  # noqa: F401
+                           sequence_features, train_orm)
+from nanor1.jsonl import read_jsonl
 from nanor1.plotting import plot_metrics
 from nanor1.sft import SFTConfig, train as train_sft
 from nanor1.tasks import make_tasks
@@ -91,6 +95,26 @@ def embedding_dedup(vectors, threshold=0.95):
     return kept
 
 
+def canonical(text, mode="sorted"):
+    """A prompt's form for dedup and decontamination. 'sorted': its numbers sorted in place, so "7 + 4" and
+    "4 + 7", or Countdown's "13 from 4 4 8 3" and "13 from 3 8 4 4", are one prompt (templated prompts differ
+    in numbers only, so word shingles alone rarely match); 'masked': every number replaced by '#' (all prompts
+    of one template become one: only for showing how much a template dominates); 'none': the text as it is."""
+    if mode == "none":
+        return text
+    if mode == "masked":
+        return re.sub(r"\d+", "#", text)
+    numbers = iter(sorted(re.findall(r"\d+", text), key=int))
+    return re.sub(r"\d+", lambda m: next(numbers), text)
+
+
+def decontaminate(texts, eval_texts, mode="sorted"):
+    """Indices of the texts whose canonical form is not that of any evaluation prompt (the n-gram overlap
+    check of GPT-3 and R1, on our short templated prompts: the whole canonical prompt). -> kept indices."""
+    banned = {normalise(canonical(t, mode)) for t in eval_texts}
+    return [i for i, t in enumerate(texts) if normalise(canonical(t, mode)) not in banned]
+
+
 # ------------------------------------------------------------------------------------------------ filters
 # Each filter: (sample dict, problem) -> bool (keep). A sample dict has text, ids, score, finished.
 
@@ -140,62 +164,25 @@ def verify(sample, problem, cfg):
     return sample["score"].correct
 
 
+def orm_filter(sample, problem, cfg):
+    """Model-based: the outcome reward model's P(correct) >= 0.5 (scored by score_samples)."""
+    return sample["orm"] >= 0.5
+
+
+def judge_filter(sample, problem, cfg):
+    """Model-based: the generative judge's P(correct) >= 0.5 (scored by score_samples)."""
+    return sample["judge"] >= 0.5
+
+
+RULES = ("format", "length", "repetition", "charset", "equations")
 FILTERS = {"format": rule_format, "length": rule_length, "repetition": rule_repetition, "charset": rule_charset,
-           "equations": rule_equations, "verify": verify}
+           "equations": rule_equations, "orm": orm_filter, "judge": judge_filter, "verify": verify}
 
 
 def majority_vote(samples):
     """Model-based filter without a verifier: keep the samples that agree with the most common answer."""
     top = majority_answer(samples)
     return [s for s in samples if top is not None and s["score"].answer is not None and vote_of(s) == top]
-
-
-# ------------------------------------------------------------------------ outcome reward model (value head)
-
-class OutcomeRewardModel(nn.Module):
-    """A small value head on the GPT's mean final hidden state, trained to predict the verifier's label
-    (an outcome reward model, as in Cobbe et al. 2021's verifiers); it ranks best-of-N where no verifier applies."""
-
-    def __init__(self, dim):
-        super().__init__()
-        self.head = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))
-
-    def forward(self, features):  # (N, D) -> (N,) logits of P(correct)
-        return self.head(features).squeeze(-1)
-
-
-@torch.no_grad()
-def sequence_features(model, tok, prompt_texts, responses, batch_size=64):
-    """Mean final hidden state over each response's tokens: (N, D). Also the embedding for embedding_dedup."""
-    device = next(model.parameters()).device
-    feats = []
-    model.eval()
-    for i in range(0, len(responses), batch_size):
-        rows = [tok.render_prompt(p) + r for p, r in zip(prompt_texts[i:i + batch_size], responses[i:i + batch_size])]
-        starts = [len(tok.render_prompt(p)) for p in prompt_texts[i:i + batch_size]]
-        T = max(map(len, rows))
-        idx = torch.full((len(rows), T), tok.pad_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), T)
-        for b, (row, s) in enumerate(zip(rows, starts)):
-            idx[b, :len(row)] = torch.tensor(row)
-            mask[b, s:len(row)] = 1
-        hidden = model(idx.to(device)).hidden.float().cpu()  # (B, T, D)
-        feats.append((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1))
-    return torch.cat(feats)
-
-
-def train_orm(features, labels, steps=300, lr=1e-2, seed=0):
-    """Fit the value head on (features, 0/1 verifier labels) with binary cross-entropy."""
-    torch.manual_seed(seed)
-    orm = OutcomeRewardModel(features.size(1))
-    opt = torch.optim.Adam(orm.parameters(), lr=lr)
-    labels = labels.float()
-    for _ in range(steps):
-        loss = nn.functional.binary_cross_entropy_with_logits(orm(features), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return orm
 
 
 # ------------------------------------------------------------------------------------------------- a round
@@ -216,17 +203,30 @@ class RejectionConfig:
     drop_never_solved: bool = True  # ... is 0 (nothing correct to keep anyway)
     max_prompt_tokens: int = 200  # longer prompts are dropped
     # filters
-    filters: tuple[str, ...] = ("format", "length", "repetition", "charset", "verify")  # + "majority"
+    filters: tuple[str, ...] = ("format", "length", "repetition", "charset", "equations", "verify")  # + "majority"
     min_tokens: int = 4  # length filter: fewest response tokens
     max_tokens: int = 512  # length filter: most response tokens
     max_repeat_frac: float = 0.6  # share of repeated word 4-grams; long real search traces stay under it
     keep_per_prompt: int = 1  # up to k correct responses per prompt (1 = best-of-N)
     rank_by: str = "orm"  # how to choose among survivors: 'orm' (value head), 'shortest', 'first'
+    # the model-based judges, trained once on the start model's labelled samples of label_prompts train prompts
+    label_prompts: int = 256  # train prompts (x n_samples) whose verifier labels train the ORM and the judge
+    judge_steps: int = 0  # SFT steps fine-tuning the generative judge ("judge" filter); 0 = no judge
+    report_prompts: int = 100  # val prompts (x n_samples) on which every filter is scored against the verifier
     dedup_threshold: float = 0.8  # Jaccard similarity above which prompts/responses are near-duplicates
+    prompt_canonical: str = "sorted"  # prompts are deduplicated and decontaminated on this form: 'sorted'
+    #   (numbers sorted in place: commutative twins and reordered numbers match), 'masked' (numbers -> #), 'none'
+    embedding_dedup: float = 0.0  # also drop prompts whose embedding (the model's mean hidden state over the
+    #   prompt) has cosine >= this with a kept one; 0 = off
+    decontaminate: bool = True  # drop collected prompts whose canonical form is an evaluation prompt's (val, test)
     # fine-tuning on the kept data each round
     finetune_steps: int = 300  # SFT steps on each round's data
     finetune_lr: float = 1e-3  # learning rate of each round's fine-tune
+    accumulate: bool = True  # each round's fine-tune sees the kept data of every round so far (False: its own)
+    sft_mix: float = 0.0  # share of each fine-tune's data drawn fresh from the original SFT data (R1 mixes
+    #   reasoning data with the earlier SFT data); 0.2 = one original example for every four kept ones
     eval_problems: int = 200  # held-out problems per task
+    eval_split: str = "val"  # where the per-round evaluation looks ('test' is for reporting: sample.py)
     seed: int = 0  # prompt draws and sampling
 
 
@@ -259,32 +259,148 @@ def apply_filters(selected, cfg, counts, name):
     return out
 
 
-def rank_with_orm(model, tok, task, selected):
-    """Train the value head on every sample of this round (verifier labels), then score each sample."""
-    pairs = [(p, s) for p, ss in selected for s in ss]
-    feats = sequence_features(model, tok, [task.prompt(p) for p, _ in pairs], [s["ids"] for _, s in pairs])
-    labels = torch.tensor([s["score"].correct for _, s in pairs])
-    if not 0 < int(labels.sum()) < len(labels):
-        return  # one class only: nothing to learn, keep the order
-    orm = train_orm(feats, labels)
-    with torch.no_grad():
-        probs = torch.sigmoid(orm(feats))
-    for (_, s), prob in zip(pairs, probs.tolist()):
-        s["orm"] = prob
+def score_samples(judges, tok, task, pairs):
+    """Give each (problem, sample) pair the model-based scores: sample['orm'] and sample['judge'] (P(correct)),
+    for the judges that exist. The ORM reads features of the frozen start model it was trained on."""
+    if not pairs:
+        return
+    prompts = [task.prompt(p) for p, _ in pairs]
+    if judges.get("orm") is not None:
+        feats = sequence_features(judges["scorer"], tok, prompts, [s["ids"] for _, s in pairs])
+        for (_, s), prob in zip(pairs, orm_scores(judges["orm"], feats)):
+            s["orm"] = prob
+    if judges.get("judge") is not None:
+        for (_, s), prob in zip(pairs, judge_scores(judges["judge"], tok, prompts, [s["text"] for _, s in pairs])):
+            s["judge"] = prob
 
 
-def run_round(cfg, round_idx, model, tok, tasks):
+def labelled_samples(cfg, model, tok, tasks, split, n_prompts, seed):
+    """The model's n_samples responses to n_prompts problems of a split, with the verifier's labels.
+    -> list of (task, problem, sample dict)."""
+    out = []
+    for task in tasks:
+        problems = task.problems(split, n_prompts, seed)
+        with precision(model, cfg):
+            results = complete(model, tok, task, problems, n=cfg.n_samples, temperature=cfg.temperature,
+                               max_new_tokens=cfg.max_new_tokens, batch_size=256, seed=seed)
+        out += [(task, p, s) for p, samples in zip(problems, results) for s in samples]
+    return out
+
+
+def train_judges(cfg, model, tok, tasks, start):
+    """The ORM (value head) and, with judge_steps > 0, the generative judge, both from the start model's labelled
+    samples of label_prompts train prompts. -> {'scorer': frozen start model, 'orm', 'judge'} (None = absent)."""
+    pool = labelled_samples(cfg, model, tok, tasks, "train", cfg.label_prompts, cfg.seed + 777)
+    labels = [s["score"].correct for _, _, s in pool]
+    scorer = copy.deepcopy(model).eval().requires_grad_(False)
+    judges = {"scorer": scorer, "orm": None, "judge": None, "label_samples": len(pool),
+              "label_correct": sum(labels) / max(len(labels), 1)}
+    if 0 < sum(labels) < len(labels):
+        feats = sequence_features(scorer, tok, [t.prompt(p) for t, p, _ in pool], [s["ids"] for _, _, s in pool])
+        judges["orm"] = train_orm(feats, torch.tensor(labels))
+    if cfg.judge_steps > 0:
+        if not 0 < sum(labels) < len(labels):
+            raise ValueError(f"judge: the start model's {len(labels)} labelled samples are all "
+                             f"{'right' if sum(labels) else 'wrong'}: nothing to learn (raise label_prompts)")
+        rows = judge_pairs([t.prompt(p) for t, p, _ in pool], [s["text"] for _, _, s in pool], labels)
+        path = os.path.join(cfg.out_dir, "judge_train.jsonl")
+        with open(path, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        ft = dataclasses.replace(cfg.sft, out_dir=os.path.join(cfg.out_dir, "judge"), init_from=start, data_file=path,
+                                 resume=False, overwrite=True, max_steps=cfg.judge_steps, lr=cfg.finetune_lr,
+                                 warmup_steps=10, eval_every=0, seed=cfg.seed + 555,
+                                 max_len=model.cfg.max_seq_len - 1)  # question + response + verdict
+        judges["judge"] = train_sft(ft).eval()
+        judges["judge_examples"] = len(rows)
+    return judges
+
+
+def report_filters(cfg, model, tok, tasks, judges):
+    """Every filter scored on held-out labelled responses (report_prompts val prompts x n_samples), against the
+    verifier: rules (all rule filters together), ORM, judge, majority vote, the verifier itself. -> rows."""
+    pool = labelled_samples(cfg, model, tok, tasks, "val", cfg.report_prompts, cfg.seed + 888)
+    for task in tasks:
+        score_samples(judges, tok, task, [(p, s) for t, p, s in pool if t is task])
+    labels = [s["score"].correct for _, _, s in pool]
+    agree = set()
+    for task in tasks:  # majority vote within each prompt's samples
+        by_prompt = collections.defaultdict(list)
+        for t, p, s in pool:
+            if t is task:
+                by_prompt[str(p["id"])].append(s)
+        agree |= {id(s) for samples in by_prompt.values() for s in majority_vote(samples)}
+    scores = {"rules": [float(all(FILTERS[f](s, p, cfg) for f in RULES)) for _, p, s in pool]}
+    if judges.get("orm") is not None:
+        scores["orm"] = [s["orm"] for _, _, s in pool]
+    if judges.get("judge") is not None:
+        scores["judge"] = [s["judge"] for _, _, s in pool]
+    scores["majority"] = [float(id(s) in agree) for _, _, s in pool]
+    scores["verify"] = [float(y) for y in labels]
+    return filter_report(scores, labels), len(pool), sum(labels) / max(len(labels), 1)
+
+
+def eval_prompts(task, cfg):
+    """Every prompt an evaluation may use: the whole val and test splits where the task can list them, else the
+    problems evaluate_heldout draws."""
+    texts = []
+    for split in ("val", "test"):
+        universe = task.universe(split) if hasattr(task, "universe") else None
+        problems = universe if universe is not None else task.problems(split, cfg.eval_problems, 1234)
+        texts += [task.prompt(p) for p in problems]
+    return texts
+
+
+def collect_prompts(cfg, model, tok, task, problems, counts):
+    """The prompt stages, each counting what it removed: dedup on the canonical form (exact, then MinHash near
+    duplicates), embedding dedup, decontamination against the evaluation sets, the prompt-length rule."""
+    name = task.name
+    counts[f"{name}/prompts"] = len(problems)
+    kept, removed = dedup([canonical(task.prompt(p), cfg.prompt_canonical) for p in problems], cfg.dedup_threshold)
+    counts[f"{name}/prompt_dedup_exact"], counts[f"{name}/prompt_dedup_near"] = removed["exact"], removed["near"]
+    problems = [problems[i] for i in kept]
+    if cfg.embedding_dedup > 0 and problems:
+        texts = [task.prompt(p) for p in problems]
+        feats = sequence_features(model, tok, texts, [[] for _ in texts], over="prompt")
+        kept = embedding_dedup(feats, cfg.embedding_dedup)
+        counts[f"{name}/prompt_dedup_embedding"] = len(problems) - len(kept)
+        problems = [problems[i] for i in kept]
+    if cfg.decontaminate:
+        kept = decontaminate([task.prompt(p) for p in problems], eval_prompts(task, cfg), cfg.prompt_canonical)
+        counts[f"{name}/prompt_decontaminated"] = len(problems) - len(kept)
+        problems = [problems[i] for i in kept]
+    short = [p for p in problems if len(tok.render_prompt(task.prompt(p))) <= cfg.max_prompt_tokens]
+    counts[f"{name}/prompt_too_long"] = len(problems) - len(short)
+    return short
+
+
+def training_file(cfg, round_idx, tasks):
+    """The fine-tune's data for this round: the kept data of every round so far (cfg.accumulate) or this round's,
+    plus a cfg.sft_mix share of examples drawn fresh from the original SFT data. -> path, counts."""
+    rounds = range(1, round_idx + 1) if cfg.accumulate else [round_idx]
+    rows = [row for r in rounds for _, row in read_jsonl(os.path.join(cfg.out_dir, f"round{r}.jsonl"))]
+    n_mix = round(len(rows) * cfg.sft_mix / (1 - cfg.sft_mix)) if cfg.sft_mix > 0 else 0
+    rng = random.Random(f"{cfg.seed}-mix-{round_idx}")
+    for i in range(n_mix):
+        task = tasks[i % len(tasks)]
+        problem = task.problems("train", 1, rng.randrange(1 << 30))[0]
+        rows.append({"prompt": task.prompt(problem), "response": task.sft_target(problem, rng), "task": task.name,
+                     "source": "sft"})
+    path = os.path.join(cfg.out_dir, f"train{round_idx}.jsonl")
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path, {"finetune_examples": len(rows), "finetune_sft_examples": n_mix}
+
+
+def run_round(cfg, round_idx, model, tok, tasks, judges):
     """Collect, filter and keep one round's data -> path of the JSONL written, counts."""
     counts = collections.Counter()
     records, prompts_total = [], 0
     for task in tasks:
         name = task.name
         problems = task.problems("train", cfg.prompts_per_round // len(tasks), cfg.seed * 1000 + round_idx)
-        kept_idx, removed = dedup([task.prompt(p) for p in problems], cfg.dedup_threshold)
-        counts[f"{name}/prompts"] = len(problems)
-        counts[f"{name}/prompt_dedup_exact"], counts[f"{name}/prompt_dedup_near"] = removed["exact"], removed["near"]
-        problems = [problems[i] for i in kept_idx
-                    if len(tok.render_prompt(task.prompt(problems[i]))) <= cfg.max_prompt_tokens]
+        problems = collect_prompts(cfg, model, tok, task, problems, counts)
         with precision(model, cfg):
             results = complete(model, tok, task, problems, n=cfg.n_samples, temperature=cfg.temperature,
                                max_new_tokens=cfg.max_new_tokens, batch_size=256, seed=cfg.seed + round_idx)
@@ -294,8 +410,7 @@ def run_round(cfg, round_idx, model, tok, tasks):
         prompts_total += len(problems)
         counts[f"{name}/samples"] = sum(map(len, results))
         selected = select_by_difficulty(problems, results, cfg, counts, name)
-        if cfg.rank_by == "orm":
-            rank_with_orm(model, tok, task, selected)
+        score_samples(judges, tok, task, [(p, smp) for p, samples in selected for smp in samples])
         for problem, samples in apply_filters(selected, cfg, counts, name):
             if cfg.rank_by == "orm":
                 samples = sorted(samples, key=lambda s: -s.get("orm", 0.0))
@@ -307,7 +422,7 @@ def run_round(cfg, round_idx, model, tok, tasks):
                 records.append({"prompt": task.prompt(problem), "response": s["text"], "task": name,
                                 "prompt_id": str(problem["id"]), "round": round_idx, "sample_index": s["index"],
                                 "reward": s["score"].reward, "correct": s["score"].correct,
-                                "orm": s.get("orm"), "length": len(s["ids"])})
+                                "orm": s.get("orm"), "judge": s.get("judge"), "length": len(s["ids"])})
     path = os.path.join(cfg.out_dir, f"round{round_idx}.jsonl")
     with open(path, "w") as f:
         for r in records:
@@ -325,7 +440,7 @@ def precision(model, cfg):
 def evaluate_heldout(model, tok, tasks, cfg):
     out = {}
     for task in tasks:
-        problems = task.problems("test", cfg.eval_problems, 1234)
+        problems = task.problems(cfg.eval_split, cfg.eval_problems, 1234)
         with precision(model, cfg):
             s = summarize(complete(model, tok, task, problems, n=cfg.n_samples, temperature=cfg.temperature,
                                    max_new_tokens=cfg.max_new_tokens, batch_size=256, seed=99),
@@ -338,11 +453,34 @@ def evaluate_heldout(model, tok, tasks, cfg):
     return out
 
 
+def write_filter_report(cfg, rows, n_responses, correct_share):
+    """filter_report.json and a markdown table of report_filters' rows, printed too."""
+    with open(os.path.join(cfg.out_dir, "filter_report.json"), "w") as f:
+        json.dump({"responses": n_responses, "correct_share": correct_share, "filters": rows}, f, indent=1)
+    fmt = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    lines = [f"Filters scored against the verifier on {n_responses} held-out responses (val, the start model's "
+             f"samples; {correct_share:.1%} correct):", "", "| filter | kept | precision | recall | AUC |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['filter']} | {fmt(r['kept'])} | {fmt(r['precision'])} | {fmt(r['recall'])} | {fmt(r['auc'])} |"
+              for r in rows]
+    with open(os.path.join(cfg.out_dir, "filter_report.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def run(cfg):
+    if cfg.prompt_canonical not in ("sorted", "masked", "none"):
+        raise ConfigError(f"config key 'prompt_canonical' must be 'sorted', 'masked' or 'none', "
+                          f"got {cfg.prompt_canonical!r}")
+    if not 0 <= cfg.sft_mix < 1 or not 0 <= cfg.embedding_dedup <= 1:
+        raise ConfigError(f"config keys 'sft_mix' (got {cfg.sft_mix}) must be in [0, 1) and 'embedding_dedup' "
+                          f"(got {cfg.embedding_dedup}) in [0, 1]")
     unknown = [f for f in cfg.filters if f not in FILTERS and f != "majority"]
     if unknown or cfg.rank_by not in ("orm", "shortest", "first"):
         raise ConfigError(f"config key 'filters' knows {sorted(FILTERS) + ['majority']} and 'rank_by' knows "
                           f"orm/shortest/first; got filters {unknown} rank_by {cfg.rank_by!r}")
+    if "judge" in cfg.filters and cfg.judge_steps <= 0:
+        raise ConfigError("config key 'filters' has 'judge' but 'judge_steps' is 0: the judge must be trained")
     os.makedirs(cfg.out_dir, exist_ok=True)
     start = cfg.init_from or os.path.join(cfg.sft.out_dir, "ckpt.pt")
     if not cfg.init_from and not os.path.exists(start):
@@ -350,11 +488,20 @@ def run(cfg):
     model, tok, _ = checkpoint.load_model(start, pick_device(cfg.sft.device))
     tasks = make_tasks(cfg.sft, list(cfg.tasks))
     log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    row = {"step": 0, **evaluate_heldout(model, tok, tasks, cfg)}
+    judges = {}
+    if cfg.rank_by == "orm" or {"orm", "judge"} & set(cfg.filters) or cfg.report_prompts > 0:
+        judges = train_judges(cfg, model, tok, tasks, start)
+        row.update({k: v for k, v in judges.items() if k.startswith(("label_", "judge_"))})
+    if cfg.report_prompts > 0:
+        write_filter_report(cfg, *report_filters(cfg, model, tok, tasks, judges))
     with open(log_path, "w") as f:
-        f.write(json.dumps({"step": 0, **evaluate_heldout(model, tok, tasks, cfg)}) + "\n")
+        f.write(json.dumps(row) + "\n")
     current = start
     for r in range(1, cfg.rounds + 1):
-        data, counts = run_round(cfg, r, model, tok, tasks)
+        _, counts = run_round(cfg, r, model, tok, tasks, judges)
+        data, mix_counts = training_file(cfg, r, tasks)
+        counts.update(mix_counts)
         out_dir = os.path.join(cfg.out_dir, f"round{r}")
         ft = dataclasses.replace(cfg.sft, out_dir=out_dir, init_from=current, data_file=data, resume=False,
                                  overwrite=True, max_steps=cfg.finetune_steps, lr=cfg.finetune_lr, warmup_steps=10,
@@ -366,7 +513,11 @@ def run(cfg):
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row))
     keys = [k for t in cfg.tasks for k in (f"{t}/greedy_acc", f"{t}/pass@1", f"{t}/pass@{cfg.n_samples}",
-                                             f"{t}/length")] + ["kept_fraction_of_prompts"]
+                                             f"{t}/length")] + ["kept_fraction_of_prompts", "finetune_examples"]
+    keys += [f"{t}/{stage}" for t in cfg.tasks for stage in  # what every stage removed, round by round
+             ("prompt_dedup_exact", "prompt_dedup_near", "prompt_dedup_embedding", "prompt_decontaminated",
+              "dropped_always_solved", "dropped_never_solved", *[f"filter_{f}_removed" for f in cfg.filters],
+              "response_dedup_removed")]
     plot_metrics(log_path, os.path.join(cfg.out_dir, "rejection.png"), keys, title="rejection sampling rounds")
     with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
         json.dump(config_to_dict(cfg), f, indent=1)
