@@ -51,8 +51,7 @@ def sequence_features(model, tok, prompt_texts, responses, batch_size=64, over="
         idx, starts, ends = _padded(tok, prompt_texts[i:i + batch_size], responses[i:i + batch_size])
         mask = torch.zeros(idx.shape)
         for b, (s, e) in enumerate(zip(starts, ends)):
-            mask[b, s:e] = 1 if over == "response" else 0
-            mask[b, :s] = 1 if over == "prompt" else 0
+            mask[b, slice(s, e) if over == "response" else slice(0, s)] = 1
         hidden = model(idx.to(device)).hidden.float().cpu()  # (B, T, D)
         feats.append((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1))
     return torch.cat(feats)

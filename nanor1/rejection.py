@@ -505,15 +505,13 @@ def run(cfg):
         out_dir = os.path.join(cfg.out_dir, f"round{r}")
         if counts["finetune_examples"] == 0:  # every sample filtered out, nothing kept before: nothing to learn
             print(f"round {r}: no data kept, the model is not fine-tuned this round")
-            row = {"step": r, **counts, **evaluate_heldout(model, tok, tasks, cfg)}
-            with open(log_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            continue
-        ft = dataclasses.replace(cfg.sft, out_dir=out_dir, init_from=current, data_file=data, resume=False,
-                                 overwrite=True, max_steps=cfg.finetune_steps, lr=cfg.finetune_lr, warmup_steps=10,
-                                 eval_every=0, eval_problems=min(cfg.sft.eval_problems, 50), seed=cfg.seed + r)
-        model = train_sft(ft)
-        current = os.path.join(out_dir, "ckpt.pt")
+        else:
+            ft = dataclasses.replace(cfg.sft, out_dir=out_dir, init_from=current, data_file=data, resume=False,
+                                     overwrite=True, max_steps=cfg.finetune_steps, lr=cfg.finetune_lr,
+                                     warmup_steps=10, eval_every=0, eval_problems=min(cfg.sft.eval_problems, 50),
+                                     seed=cfg.seed + r)
+            model = train_sft(ft)
+            current = os.path.join(out_dir, "ckpt.pt")
         row = {"step": r, **counts, **evaluate_heldout(model, tok, tasks, cfg)}
         with open(log_path, "a") as f:
             f.write(json.dumps(row) + "\n")
