@@ -200,6 +200,11 @@ def _rows_to_keep(done, static):
 
 @torch.no_grad()
 def _generate_speculative(model, prompts, max_new_tokens, n, temperature, top_k, top_p, stop_ids, pad_id, seed):
+    """generate(..., speculative=True): the MTP module drafts the token after the next one, and one forward of the
+    main model over (pending, draft) verifies it (Leviathan et al. 2023, Algorithm 1, with one draft token;
+    DeepSeek-V3 sec. 2.2 / 5.4.3): greedy keeps the draft when it is the argmax; sampling keeps it by
+    accept_draft's rule. Each step emits 1 or 2 tokens per row and the output is distributed as plain sampling.
+    Same arguments and result as generate (Generation.acceptance = share of drafts accepted)."""
     idx, start, generator, dtype = _setup(model, prompts, max_new_tokens, pad_id, seed)
     device, (B, L) = idx.device, idx.shape
     was_training = model.training

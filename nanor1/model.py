@@ -374,11 +374,27 @@ def routed_dense(x, weights, experts, w1, w3, w2):
     return hidden @ w2.transpose(1, 2).reshape(E * I, D)  # sum over experts e and hidden units i
 
 
+def sorted_dispatch(x, weights, experts, counts, w1, w3, w2, impl, out_dtype):
+    """The routed experts' weighted sum without a loop over tokens: sort the (token, expert) pairs by expert, run
+    each expert's SwiGLU on its contiguous slice (one grouped matmul, or one matmul per expert), scale by the gate
+    weight, scatter-add the outputs back to their tokens (the sum over i in V3 eq. 12).
+    x (N, D); weights, experts (N, K); counts (E,) pairs per expert; w1, w3 (E, I, D), w2 (E, D, I)
+    -> (N, D) in out_dtype"""
+    K = experts.size(1)
+    order = experts.flatten().argsort(stable=True)  # pair index, sorted by expert
+    token = order // K  # the token of each sorted pair
+    sizes = counts.tolist() if expert_path(x, impl) == "loop" else None  # (one host sync per layer)
+    xs = x[token]  # (N*K, D)
+    hidden = F.silu(expert_matmul(xs, w1, counts, sizes, impl)) * expert_matmul(xs, w3, counts, sizes, impl)
+    ys = expert_matmul(hidden, w2, counts, sizes, impl) * weights.flatten()[order, None]  # (N*K, D)
+    return torch.zeros(x.shape, dtype=out_dtype, device=x.device).index_add_(0, token, ys.to(out_dtype))
+
+
 class MoE(nn.Module):
     """DeepSeekMoE (V3 eq. 12): h = x + sum_i shared_i(x) + sum_i g_i routed_i(x).
 
-    Dispatch without a loop over tokens: sort the (token, expert) pairs by expert, run each expert on its
-    contiguous slice, scatter-add the weighted outputs back to their tokens.
+    Dispatch without a loop over tokens (sorted_dispatch): sort the (token, expert) pairs by expert, run each
+    expert on its contiguous slice, scatter-add the weighted outputs back to their tokens.
     """
 
     def __init__(self, cfg):
@@ -414,13 +430,7 @@ class MoE(nn.Module):
         if impl == "dense":
             out = routed_dense(x_c, weights.to(dtype), experts, w1, w3, w2).to(flat.dtype)
         else:
-            order = experts.flatten().argsort(stable=True)  # pair index, sorted by expert
-            token = order // K  # the token of each sorted pair
-            sizes = counts.tolist() if expert_path(x_c, impl) == "loop" else None  # (one host sync per layer)
-            xs = x_c[token]  # (N*K, D)
-            hidden = F.silu(expert_matmul(xs, w1, counts, sizes, impl)) * expert_matmul(xs, w3, counts, sizes, impl)
-            ys = expert_matmul(hidden, w2, counts, sizes, impl) * weights.flatten()[order, None].to(dtype)
-            out = torch.zeros_like(flat).index_add_(0, token, ys.to(flat.dtype))
+            out = sorted_dispatch(x_c, weights.to(dtype), experts, counts, w1, w3, w2, impl, flat.dtype)
         if self.shared is not None:
             out = out + self.shared(flat)
         real_counts = counts if real is None else count_per_expert(experts[real.reshape(-1)], E)

@@ -23,7 +23,10 @@ def gsm8k_path():
 
 @pytest.fixture(scope="session")
 def small_tokenizer(tmp_path_factory):
-    """A 512-token tokenizer trained on arithmetic and countdown text (a second or two)."""
+    """A 512-token tokenizer trained on arithmetic text and Countdown prompts (a second or two). Not on Countdown's
+    search traces: the tokenizer's tests should not depend on the search (course assignments blank it)."""
     from nanor1.tasks import corpus, make_task
     from nanor1.tokenizer import train_tokenizer
-    return train_tokenizer(corpus([make_task("arithmetic"), make_task("countdown")], n_per_task=300), 512)
+    countdown = make_task("countdown")
+    prompts = [countdown.prompt(p) for p in countdown.problems("train", 300, seed=0)]
+    return train_tokenizer(list(corpus([make_task("arithmetic")], n_per_task=300)) + prompts, 512)

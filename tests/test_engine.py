@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nanor1.engine import accept_draft, generate, sample_next
-from nanor1.model import GPT, ModelConfig
+from nanor1.model import GPT, KVCache, ModelConfig
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 PROMPTS = [[1, 2, 3, 4, 5, 6, 7], [9, 8], [4, 4, 4, 100, 200]]  # ragged
@@ -80,6 +80,33 @@ def test_filters():
     for _ in range(20):
         picks = sample_next(logits, 1.0, 5, 1.0, g)
         assert (top5 == picks[:, None]).any(-1).all()
+
+
+def test_sampling_draws_from_the_tempered_and_cut_distribution():
+    """The exponential race picks v with probability p_v: frequencies over 100,000 rows match p."""
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]]).repeat(100_000, 1)
+    g = torch.Generator().manual_seed(0)
+    for temperature, top_k, expected in [(0.7, 0, (logits[0] / 0.7).softmax(-1)),
+                                         (1.0, 2, torch.tensor([2.0, 1.0]).softmax(-1).tolist() + [0.0, 0.0])]:
+        picks = sample_next(logits, temperature, top_k, 1.0, g)
+        freq = torch.bincount(picks, minlength=4).float() / picks.numel()
+        assert torch.allclose(freq, torch.as_tensor(expected), atol=0.006)
+    assert torch.equal(sample_next(logits[:3], 0.0, 0, 1.0, g), torch.zeros(3, dtype=torch.long))  # greedy
+
+
+def test_fan_out_repeats_each_cached_row_n_times():
+    cfg = ModelConfig(**runpy.run_path(f"{ROOT}/configs/model_test.py")["model"])
+    cache = KVCache(cfg, 2, 8, "cpu", torch.float32, start=torch.tensor([0, 3]))
+    cache.advance(5)
+    cache.latent.normal_()
+    cache.k_rope.normal_()
+    before = (cache.latent.clone(), cache.k_rope.clone(), cache.valid.clone(), cache.pos.clone())
+    cache.fan_out(3)
+    assert cache.latent.shape[1] == 6 and cache.valid.shape[0] == 6
+    for row in range(6):
+        assert torch.equal(cache.latent[:, row], before[0][:, row // 3])
+        assert torch.equal(cache.k_rope[:, row], before[1][:, row // 3])
+        assert torch.equal(cache.valid[row], before[2][row // 3]) and cache.pos[row] == before[3][row // 3]
 
 
 def test_too_long_is_a_clear_error(model):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nanor1.model import GPT, KVCache, ModelConfig, MoE, num_params
+from nanor1.model import GPT, MLA, Gate, KVCache, ModelConfig, MoE, apply_rope, num_params, rope_tables
 
 ROOT = __file__.rsplit("/tests/", 1)[0]
 
@@ -188,3 +188,97 @@ def test_bad_config_and_too_long_input_are_clear_errors():
     model = tiny()
     with pytest.raises(ValueError, match="exceeds max_seq_len=256"):
         model(torch.zeros(1, 300, dtype=torch.long))
+
+
+# ----------------------------------------------------------- parts on their own (one MLA layer, one gate)
+
+def rope_by_complex(x, positions, theta):
+    """RoPE as complex multiplication (Su et al. 2021, eq. 13): pair (x_i, x_{i+d/2}) as x_i + i x_{i+d/2},
+    times e^{i m theta_i}. x (..., T, d), positions (T,)."""
+    d = x.size(-1)
+    freqs = 1.0 / theta ** (torch.arange(0, d, 2).double() / d)
+    z = torch.complex(x[..., :d // 2].double(), x[..., d // 2:].double())
+    z = z * torch.polar(torch.ones(len(positions), d // 2, dtype=torch.double), torch.outer(positions.double(), freqs))
+    return torch.cat([z.real, z.imag], -1).to(x.dtype)
+
+
+def test_rope_is_a_rotation_whose_scores_depend_on_the_offset_only():
+    cos, sin = rope_tables(64, 8, 10000.0)
+    x, positions = torch.randn(5, 8), torch.tensor([0, 1, 7, 30, 63])
+    assert torch.allclose(apply_rope(x, cos[positions], sin[positions]), rope_by_complex(x, positions, 10000.0),
+                          atol=1e-5)
+    q, k = torch.randn(1, 8), torch.randn(1, 8)
+
+    def score(m, n):
+        return (apply_rope(q, cos[m], sin[m]) * apply_rope(k, cos[n], sin[n])).sum().item()
+    assert abs(score(7, 3) - score(40, 36)) < 1e-4  # same offset, same score
+    assert abs(score(7, 3) - score(7, 5)) > 1e-3
+
+
+def mla_layer(**overrides):
+    torch.manual_seed(0)
+    cfg = size("test", attn_impl="torch", **overrides)
+    return cfg, MLA(cfg).eval()
+
+
+def attention_by_hand(layer, x):
+    """MLA's training path written out per head (DeepSeek-V2 eqs. 37-47), RoPE by complex numbers."""
+    cfg, (B, T, _) = layer.cfg, x.shape
+    H, dn, dr, dv, C = cfg.n_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim, cfg.kv_lora_rank
+    q = layer.wq(x) if cfg.q_lora_rank == 0 else layer.wq_b(layer.q_norm(layer.wq_a(x)))
+    q = q.view(B, T, H, dn + dr).transpose(1, 2)  # (B, H, T, dn + dr)
+    c_kv, k_r = layer.wkv_a(x).split([C, dr], -1)
+    kv = layer.wkv_b(layer.kv_norm(c_kv)).view(B, T, H, dn + dv).transpose(1, 2)
+    positions = torch.arange(T)
+    q_r = rope_by_complex(q[..., dn:], positions, cfg.rope_theta)
+    k_r = rope_by_complex(k_r, positions, cfg.rope_theta)[:, None]  # one rope key per token, all heads
+    scores = (q[..., :dn] @ kv[..., :dn].transpose(-1, -2) + q_r @ k_r.transpose(-1, -2)) / (dn + dr) ** 0.5
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    out = scores.softmax(-1) @ kv[..., dn:]  # (B, H, T, dv)
+    return layer.wo(out.transpose(1, 2).reshape(B, T, H * dv))
+
+
+@pytest.mark.parametrize("q_lora_rank", [0, 16])
+def test_mla_training_path_equals_attention_by_hand(q_lora_rank):
+    cfg, layer = mla_layer(q_lora_rank=q_lora_rank)
+    x = torch.randn(2, 12, cfg.dim)
+    cos, sin = rope_tables(12, cfg.qk_rope_head_dim, cfg.rope_theta)
+    out = layer(x, cos[None].expand(2, -1, -1), sin[None].expand(2, -1, -1), None)
+    assert (out - attention_by_hand(layer, x)).abs().max() < 1e-5
+
+
+def test_mla_latent_cache_decoding_equals_the_training_path():
+    cfg, layer = mla_layer()
+    x = torch.randn(2, 10, cfg.dim)
+    cos, sin = rope_tables(16, cfg.qk_rope_head_dim, cfg.rope_theta)
+    full = layer(x, cos[None, :10].expand(2, -1, -1), sin[None, :10].expand(2, -1, -1), None)
+    cache = KVCache(cfg, 2, 16, "cpu", torch.float32)
+    outs = []
+    for t0, t1 in [(0, 4)] + [(t, t + 1) for t in range(4, 10)]:  # prefill 4 tokens, then one at a time
+        slot, positions = cache.advance(t1 - t0)
+        outs.append(layer(x[:, t0:t1], cos[positions], sin[positions], None, cache=cache, layer=0, slot=slot))
+    assert (torch.cat(outs, 1) - full).abs().max() < 1e-5
+    # what is cached per token and layer: the latent (C) and the shared rope key (dr), not H heads' K and V
+    assert cache.latent.shape[-1] == cfg.kv_lora_rank and cache.k_rope.shape[-1] == cfg.qk_rope_head_dim
+    assert cache.latent[0, :, 10:].abs().sum() == 0 and cache.latent[0, :, :10].abs().sum() > 0
+
+
+def test_gate_scores_by_sigmoid_selects_with_the_bias_and_limits_groups():
+    """V3 eqs. 13-16 by hand: top-2 of 8 experts in 4 groups of 2, one group per token."""
+    torch.manual_seed(0)
+    cfg = size("test", n_routed_experts=8, n_activated_experts=2, n_expert_groups=4, n_limited_groups=1,
+               route_scale=2.0)
+    gate = Gate(cfg)
+    torch.nn.init.normal_(gate.weight, std=0.5)
+    gate.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9]))  # pushes expert 7 into selection
+    x = torch.randn(50, cfg.dim)
+    weights, experts, scores = gate(x)
+    s = torch.sigmoid(x @ gate.weight.t())
+    assert torch.allclose(scores, s, atol=1e-6)
+    for t in range(50):
+        sel = s[t] + gate.bias
+        group = int(sel.view(4, 2).sum(-1).argmax())  # a group's score: its top-2 (here: both) biased scores
+        assert sorted(experts[t].tolist()) == [2 * group, 2 * group + 1]
+        w = s[t, experts[t]]  # the weights use the unbiased scores
+        assert torch.allclose(weights[t], w / w.sum() * 2.0, atol=1e-5)
+    assert (experts == 7).any(-1).float().mean() > 0.3  # the bias moved the selection
