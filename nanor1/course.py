@@ -190,9 +190,9 @@ def grading_section(name, a):
               "signatures and docstrings are the specification; every other line of the repository is the "
               "reference solution of the other assignments and stays as it is."]
     if a["end_to_end"]:
-        lines += ["", f"These pipeline tests also run through your code (0 points; `grade {name} --all` runs them): "
-                  + ", ".join(f"`{e}`" for e in a["end_to_end"]) + ". Every other test of the repository passes "
-                  "before you start: `python -m pytest` shows exactly what is left."]
+        lines += ["", f"These pipeline tests also run through your code (0 points; `grade {name} --all` runs them). "
+                  "Every other test of the repository passes before you start, so `python -m pytest` shows exactly "
+                  "what is left:", ""] + [f"- `{e}`" for e in a["end_to_end"]]
     if a.get("experiment"):
         lines += ["", f"Experiment command: `{a['experiment']}`"]
     return "\n".join(lines) + "\n"

@@ -109,3 +109,32 @@ def test_grpo_saves_outcomes_and_completions_and_sample_py_compares(tmp_path, ca
     out = capsys.readouterr().out
     assert "=== before" in out and "=== after" in out and "| length |" in out
     assert os.path.exists(tmp_path / "cmp_before.jsonl") and os.path.exists(tmp_path / "cmp_after.jsonl")
+
+
+def test_compare_several_arms_against_one_baseline(tmp_path, capsys):
+    from nanor1 import compare
+    arms = [("base", lambda i: i % 2, 0), ("a", lambda i: i % 2 + 1, 5), ("b", lambda i: i % 2, 0)]
+    rows = {name: [{"id": str(i), "n": 4, "correct": c(i), "length": 10.0 + d} for i in range(200)]
+            for name, c, d in arms}
+    paths = {}
+    for name, rs in rows.items():
+        paths[name] = tmp_path / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in rs))
+    compare.main([str(paths["base"]), f"a={paths['a']}", f"b={paths['b']}", "--out", str(tmp_path / "cmp"),
+                  "--bootstrap", "500"])
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| a vs baseline | pass@1 | 0.125 | 0.375 | +0.250 | [+0.250, +0.250] |" in table
+    assert "| b vs baseline | length | 10.0 | 10.0 | +0.0 | [+0.0, +0.0] |" in table
+    assert "| b vs a | pass@1 |" in table  # every pair of arms too
+    with pytest.raises(SystemExit, match="not NAME=outcomes.jsonl"):
+        compare.main([str(paths["base"]), str(paths["a"])])
+
+
+@pytest.mark.parametrize("name", ["search", "moe", "cross_entropy"])
+def test_course_experiments_run_and_draw(name, tmp_path, capsys):
+    from nanor1 import experiments
+    experiments.main([name, "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "plot: " in out and len(out.splitlines()) >= 4
+    if "none" not in out.splitlines()[-1]:
+        assert (tmp_path / f"{name}.png").exists()
