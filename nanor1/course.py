@@ -75,10 +75,10 @@ def rewrite(source, qualnames, body_for, where=""):
     for q in qualnames:
         fn = find_function(tree, q, where)
         body = fn.body
-        first = body[1] if (isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                            and isinstance(body[0].value.value, str) and len(body) > 1) else body[0]
-        if first is body[0] and isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        has_doc = ast.get_docstring(fn, clean=False) is not None
+        if has_doc and len(body) == 1:
             raise ValueError(f"{where}: {q} has only a docstring")
+        first = body[1] if has_doc else body[0]
         start = first.lineno - 1  # 0-based first line of the code after the docstring
         if first.col_offset != len(lines[start]) - len(lines[start].lstrip()):
             raise ValueError(f"{where}: {q}: put the body on its own lines to blank it")
@@ -347,7 +347,10 @@ def main(argv=None):
     g.add_argument("--hidden", nargs="*", default=[], help="instructor test files, 1 point per test")
     sub.add_parser("check", help="run the suite once with probes: is every grader exact?")
     args = p.parse_args(argv)
-    manifest = load_manifest(ROOT)
+    try:
+        manifest = load_manifest(ROOT)
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise SystemExit(f"error: {e}")
     if args.cmd == "list":
         for name, a in manifest.items():
             pts = sum(a["tests"].values())
