@@ -183,6 +183,8 @@ def make(name, out, repo=ROOT, mode="blank", names=None):
 def grading_section(name, a):
     """The handout's grading part, written from the manifest (so it cannot drift from what grade runs)."""
     lines = ["## How it is graded", "",
+             "Work in this folder with `pip install -e \".[test,plot]\"` run here (or always `python -m pytest`, "
+             "which puts this folder first on the path: a bare `pytest` may import another installed nanor1).", "",
              f"`python -m nanor1.course grade {name}` runs these tests in this copy and prints the score "
              f"({sum(a['tests'].values())} points):", "", "| test | points |", "|---|---|"]
     lines += [f"| `{t}` | {p} |" for t, p in a["tests"].items()]
