@@ -31,7 +31,7 @@ beta = 0.0
 mu = 1
 loss_norm = "token"
 eps_low = 0.2
-eps_high = 0.28
+eps_high = 0.28  # DAPO clip-higher; inert with mu = 1 (every ratio is 1 at the single update), kept for mu > 1
 micro_batch = 128
 moe_bias_update = False  # routing biases frozen during RL, as DeepSeek-V3 froze them (gamma = 0) after pre-training
 eval_every = 10

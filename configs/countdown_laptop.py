@@ -39,7 +39,7 @@ loss_norm = "sequence"  # GRPO's own eq. 3 (1/|o| per response), as R1-Zero: wit
 #   policy learnt to claim "found" early (length 48.8 -> 39.1); per-response means let it keep searching (see
 #   results/countdown_laptop/README.md; Dr. GRPO notes this normaliser also favours longer wrong responses)
 eps_low = 0.2
-eps_high = 0.28
+eps_high = 0.28  # DAPO clip-higher; inert with mu = 1 (every ratio is 1 at the single update), kept for mu > 1
 dynamic_sampling = True  # DAPO: groups whose 8 samples are all right or all wrong carry no signal...
 refill_rounds = 2  # ... so up to 2 more rounds of 32 prompts are sampled to fill the batch with informative ones
 mask_truncated = False  # a response cut at max_new_tokens is a loop here, not a long thought: it gets reward 0
