@@ -12,6 +12,7 @@ import itertools
 import os
 
 from nanor1.evaluate import load_outcomes, paired_bootstrap
+from nanor1.plotting import pyplot
 
 
 def rows_for(cmp, before, after):
@@ -39,11 +40,8 @@ def compare(baseline_path, arms, n_boot=10_000):
 
 
 def plot(vs_base, path, title):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     names = list(vs_base)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))

@@ -17,16 +17,15 @@ import time
 
 import torch
 
+from nanor1.plotting import pyplot
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def plot(path, xs, series, xlabel, ylabel, title, logx=False):
     """series: {label: ys}. Writes a PNG (nothing without matplotlib); returns its path or None."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for label, ys in series.items():

@@ -8,13 +8,21 @@ def read_metrics(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_metrics(metrics_path, png_path, keys, title=""):
-    """One panel per key that appears in the metrics; x = step. Returns the PNG path, or None without matplotlib."""
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None when matplotlib is not installed (it is optional)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot_metrics(metrics_path, png_path, keys, title=""):
+    """One panel per key that appears in the metrics; x = step. Returns the PNG path, or None without matplotlib."""
+    plt = pyplot()
+    if plt is None:
         return None
     rows = read_metrics(metrics_path)
     keys = [k for k in keys if any(k in r for r in rows)]
