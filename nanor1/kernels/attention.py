@@ -134,6 +134,18 @@ def _attn_fwd(Qn, Qr, Kn, Kr, V, O, LSE, Start,
 # ------------------------------------------------------------------------------------------ backward
 
 @triton.jit
+def _probs_and_dscores(qn, qr, kn, kr, v, do, lse, delta, offs_m, offs_n, start, T, qk_scale,
+                       CAUSAL: tl.constexpr, HAS_START: tl.constexpr, PRECISION: tl.constexpr):
+    """What both backward loops recompute for a (query block, key block) tile: P = exp2(S - LSE) (masked), and
+    dS = P * (dP - Delta) with dP = dO V^T and Delta = rowsum(dO * O) (FlashAttention-2 alg. 2).
+    -> p, ds, both (BLOCK_M, BLOCK_N) fp32."""
+    s = _scores(qn, qr, kn, kr, PRECISION) * qk_scale
+    p = _mask(tl.math.exp2(s - lse[:, None]), offs_m, offs_n, start, T, 0.0, CAUSAL, HAS_START)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    return p, p * (dp - delta[:, None])
+
+
+@triton.jit
 def _attn_bwd_kv_inner(dkn, dkr, dvv, kn, kr, v, qn_base, qr_base, do_base, s_qn_t, s_qr_t, s_do_t,
                        LSE_row, Delta_row, offs_n, start, lo, hi, T, qk_scale,
                        DN: tl.constexpr, DR: tl.constexpr, DV: tl.constexpr,
@@ -149,11 +161,9 @@ def _attn_bwd_kv_inner(dkn, dkr, dvv, kn, kr, v, qn_base, qr_base, do_base, s_qn
         do = _tile(do_base, offs_m, s_do_t, dv, T, DV, UPCAST)
         lse = tl.load(LSE_row + offs_m, mask=offs_m < T, other=0.0)
         delta = tl.load(Delta_row + offs_m, mask=offs_m < T, other=0.0)
-        s = _scores(qn, qr, kn, kr, PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-        p = _mask(tl.math.exp2(s - lse[:, None]), offs_m, offs_n, start, T, 0.0, CAUSAL, HAS_START)  # P again
+        p, ds = _probs_and_dscores(qn, qr, kn, kr, v, do, lse, delta, offs_m, offs_n, start, T, qk_scale,
+                                   CAUSAL, HAS_START, PRECISION)
         dvv += tl.dot(tl.trans(p).to(do.dtype), do, input_precision=PRECISION)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])  # dS = P * (dP - rowsum(dO * O))
         dkn += tl.dot(tl.trans(ds).to(qn.dtype), qn, input_precision=PRECISION)
         dkr += tl.dot(tl.trans(ds).to(qr.dtype), qr, input_precision=PRECISION)
     return dkn, dkr, dvv
@@ -218,10 +228,8 @@ def _attn_bwd_q_inner(dqn, dqr, qn, qr, do, lse, delta, kn_base, kr_base, v_base
         kn = _tile(kn_base, offs_n, s_kn_t, dn, T, DN, UPCAST)
         kr = _tile(kr_base, offs_n, s_kr_t, dr, T, DR, UPCAST)
         v = _tile(v_base, offs_n, s_v_t, dv, T, DV, UPCAST)
-        s = _scores(qn, qr, kn, kr, PRECISION) * qk_scale
-        p = _mask(tl.math.exp2(s - lse[:, None]), offs_m, offs_n, start, T, 0.0, CAUSAL, HAS_START)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
+        _, ds = _probs_and_dscores(qn, qr, kn, kr, v, do, lse, delta, offs_m, offs_n, start, T, qk_scale,
+                                   CAUSAL, HAS_START, PRECISION)
         dqn += tl.dot(ds.to(kn.dtype), kn, input_precision=PRECISION)
         dqr += tl.dot(ds.to(kr.dtype), kr, input_precision=PRECISION)
     return dqn, dqr
