@@ -67,7 +67,7 @@ class GRPOConfig:
     top_p: float = 1.0  # must be 1 in GRPO (a filtered sampler is not pi)
     decode: str = "eager"  # sampler: 'eager' (the reference), 'static' (fixed shapes), 'compiled' (torch.compile)
     # objective
-    mu: int = 1  # policy updates per batch (GRPO's inner iterations)
+    mu: int = 1  # policy updates per batch (GRPO's inner iterations); 1: pi_old is the update's own forward
     eps_low: float = 0.2  # clip range below 1 (GRPO eq. 3)
     eps_high: float = 0.28  # clip-higher (DAPO); set equal to eps_low for the original GRPO
     beta: float = 0.0  # KL weight; 0 needs no reference model
@@ -176,9 +176,9 @@ def micro_batches(targets, micro_batch):
 
 
 def token_logprobs(model, inputs, targets, micro_batch, precision=contextlib.nullcontext):
-    """log pi(target token) for every position, no gradient: (N, T), 0 where target is -100. `precision` makes the
-    context of each forward; it must be the update's own (autocast on the GPU), or the ratio pi / pi_old is not 1
-    at the first inner step (bf16 vs fp32 log-probs differ by ~5e-3 per token)."""
+    """log pi(target token) for every position, no gradient: (N, T), 0 where target is -100 (pi_ref; pi_old when
+    mu > 1). `precision` makes the context of each forward; it must be the update's own (autocast on the GPU), or
+    the ratio pi / pi_old is not 1 at the first inner step (bf16 vs fp32 log-probs differ by ~5e-3 per token)."""
     out = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
     with torch.no_grad():
         for rows, T in micro_batches(targets, micro_batch):
@@ -332,14 +332,18 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
     update on the whole batch. inputs None: this rank has no rows (it contributes zero gradient)."""
     model.train()
     empty = inputs is None
+    # pi_old = the sampling policy. With mu = 1 the one update starts at pi_old, so its log-probs are this pass's
+    # own, detached (ratio exactly 1): no separate forward. With mu > 1 they are computed once, before the passes.
+    one_pass = cfg.mu == 1
     if not empty:
-        old_logp = token_logprobs(model, inputs, targets, cfg.micro_batch, precision)  # pi_old = the sampling policy
+        old_logp = None if one_pass else token_logprobs(model, inputs, targets, cfg.micro_batch, precision)
         ref_logp = token_logprobs(ref_model, inputs, targets, cfg.micro_batch, precision) if cfg.beta > 0 else None
     n_rows = all_ranks_sum(0 if empty else inputs.size(0), world, device)
     n_tokens = all_ranks_sum(0 if empty else int(mask.sum()), world, device)
     stats_sum = {"clip_frac": 0.0, "kl": 0.0}
     ratio_min, ratio_max, ratio_sum = float("inf"), float("-inf"), 0.0
     n_micro, objective = 0, 0.0  # objective: the whole batch's loss (micro-batch losses weighted by their share)
+    entropy_sum = 0.0  # -log pi_old summed over the response tokens (the metric 'entropy': its sample estimate)
     t1 = time.time()
     batches = [] if empty else micro_batches(targets, cfg.micro_batch)
     for _ in range(cfg.mu):
@@ -351,7 +355,10 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
         for sl, T in batches:
             with precision():
                 out = model(inputs[sl, :T], targets=targets[sl, :T], with_mtp=False)
-            loss, stats = policy_loss(-out.token_loss.float(), old_logp[sl, :T], adv[sl], mask[sl, :T], cfg.eps_low,
+            logp = -out.token_loss.float()  # (rows, T) log pi_theta of each sampled token
+            old = logp.detach() if one_pass else old_logp[sl, :T]
+            entropy_sum -= old[mask[sl, :T]].sum().item()
+            loss, stats = policy_loss(logp, old, adv[sl], mask[sl, :T], cfg.eps_low,
                                       cfg.eps_high, cfg.beta, None if ref_logp is None else ref_logp[sl, :T],
                                       cfg.kl_estimator, cfg.loss_norm, cfg.max_new_tokens)
             # micro-batches add up to the loss over the whole batch under each normalisation; the MoE
@@ -384,7 +391,7 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
     out = {k: v / n_micro for k, v in stats_sum.items()}
     out.update(ratio=ratio_sum / n_micro if not empty else 1.0, ratio_min=ratio_min if not empty else 1.0,
                ratio_max=ratio_max if not empty else 1.0,
-               entropy=(-old_logp[mask]).mean().item() if not empty and mask.any() else 0.0)
+               entropy=entropy_sum / cfg.mu / int(mask.sum()) if not empty and mask.any() else 0.0)
     if world > 1:  # the batch's statistics, not one rank's
         out = {k: all_ranks_sum(v, world, device, "min" if k == "ratio_min" else "max" if k == "ratio_max" else "sum")
                / (1 if k in ("ratio_min", "ratio_max") else world) for k, v in out.items()}

@@ -43,7 +43,7 @@ eps_high = 0.28  # DAPO clip-higher; inert with mu = 1 (every ratio is 1 at the 
 dynamic_sampling = True  # DAPO: groups whose 8 samples are all right or all wrong carry no signal...
 refill_rounds = 2  # ... so up to 2 more rounds of 32 prompts are sampled to fill the batch with informative ones
 mask_truncated = False  # a response cut at max_new_tokens is a loop here, not a long thought: it gets reward 0
-steps = 300  # 150 gave +15% length on test (steps150/); length kept growing to step 300 on val
+steps = 300  # 150 gave +15% length on test (steps150/); on val length grew to 300, then fell (attempt_steps420_seed1/)
 eval_every = 30
 save_every = 30
 eval_problems = 200

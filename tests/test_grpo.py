@@ -112,6 +112,23 @@ def test_trimmed_micro_batches_give_the_same_logprobs_as_one_full_batch(tmp_path
     assert torch.allclose(full, trimmed, atol=1e-5)
 
 
+def test_one_pass_update_equals_the_first_update_with_a_separate_pi_old_forward(tmp_path):
+    """mu = 1 takes pi_old from the update's own forward (detached) instead of a second forward: the gradient must
+    be the one the mu = 2 path applies first, where pi_old comes from token_logprobs (ratio 1 there too)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from grpo_ddp_worker import fixed_update
+    ckpt = train_grpo.cold_start(config(tmp_path))
+    for norm in ("sequence", "token"):
+        args = [CONFIG, "--micro_batch=3", f"--loss_norm={norm}", "--beta=0.0", "--lr=1e-3"]
+        _, one_pass = fixed_update(args + ["--mu=1"], ckpt, range(8), 1, 0)
+        _, two_pass = fixed_update(args + ["--mu=2"], ckpt, range(8), 1, 0)
+        assert len(one_pass) == 1 and len(two_pass) == 2
+        for name, g in one_pass[0].items():
+            assert g.abs().max() > 0 or two_pass[0][name].abs().max() == 0, name
+            assert torch.allclose(g, two_pass[0][name], atol=1e-7, rtol=1e-5), (norm, name)
+        assert sum(g.abs().max() > 1e-6 for g in one_pass[0].values()) > 10  # a real update, not zeros
+
+
 class AlwaysWrong(SaySeven):
     """Every sample scores the same: with dynamic sampling every group is dropped."""
     def score(self, problem, text):
