@@ -6,7 +6,9 @@
 #       --count 100000 --n 4 --temperature 1.0 --max_new_tokens 200
 # Measured on all 1,873 test problems x 4 (results/countdown_laptop/): pass@1 0.314 -> 0.407 (+0.093, 95% CI
 # [+0.079, +0.107]), mean length 48.1 -> 60.5 tokens (+12.4 [+10.9, +13.9], +25.8%), gives up 0.50 -> 0.01;
-# second GRPO seed (seed1/): pass@1 +0.099 [+0.085, +0.113], length +8.6 [+7.3, +9.9] (+17.9%). At 150 steps (steps150/) length had grown +15% only.
+# seed 1 (seed1/): pass@1 +0.099 [+0.085, +0.113], length +8.6 [+7.3, +9.9] (+17.9%); seed 2 (seed2/): pass@1
+# +0.079 [+0.066, +0.093], length +10.5 [+9.1, +11.8] (+21.7%). At 150 steps (steps150/) length had grown +15% only.
+# Wall time: 28 min on the 2-core machine that made these; 50 min on a ~2x slower 2-core machine (SFT 763 s).
 # Distribution: 3 or 4 numbers from 1-9, targets 10-30, no intermediate value above 60. Problems are split on the
 # number multiset and target: test 20% (1,873 problems: the report), val 10% (890: the in-run evaluation, tuning),
 # train 70% (6,413), of which SFT sees 3,000 (under half): most of GRPO's prompts are new to the model.
