@@ -346,7 +346,7 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
     entropy_sum = 0.0  # -log pi_old summed over the response tokens (the metric 'entropy': its sample estimate)
     t1 = time.time()
     batches = [] if empty else micro_batches(targets, cfg.micro_batch)
-    for _ in range(cfg.mu):
+    for inner in range(cfg.mu):
         optimizer.zero_grad(set_to_none=world == 1)
         if world > 1:  # every rank must hold a gradient for every parameter it sums (a rank may have no rows)
             for p in model.parameters():
@@ -357,7 +357,8 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
                 out = model(inputs[sl, :T], targets=targets[sl, :T], with_mtp=False)
             logp = -out.token_loss.float()  # (rows, T) log pi_theta of each sampled token
             old = logp.detach() if one_pass else old_logp[sl, :T]
-            entropy_sum -= old[mask[sl, :T]].sum().item()
+            if inner == 0:  # pi_old is the same in every pass
+                entropy_sum -= old[mask[sl, :T]].sum()
             loss, stats = policy_loss(logp, old, adv[sl], mask[sl, :T], cfg.eps_low,
                                       cfg.eps_high, cfg.beta, None if ref_logp is None else ref_logp[sl, :T],
                                       cfg.kl_estimator, cfg.loss_norm, cfg.max_new_tokens)
@@ -391,7 +392,7 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
     out = {k: v / n_micro for k, v in stats_sum.items()}
     out.update(ratio=ratio_sum / n_micro if not empty else 1.0, ratio_min=ratio_min if not empty else 1.0,
                ratio_max=ratio_max if not empty else 1.0,
-               entropy=entropy_sum / cfg.mu / int(mask.sum()) if not empty and mask.any() else 0.0)
+               entropy=float(entropy_sum) / int(mask.sum()) if not empty and mask.any() else 0.0)
     if world > 1:  # the batch's statistics, not one rank's
         out = {k: all_ranks_sum(v, world, device, "min" if k == "ratio_min" else "max" if k == "ratio_max" else "sum")
                / (1 if k in ("ratio_min", "ratio_max") else world) for k, v in out.items()}
