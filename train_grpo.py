@@ -167,12 +167,10 @@ def cold_start(cfg):
 def micro_batches(targets, micro_batch):
     """(row slice, columns used) per micro-batch: right padding past a micro-batch's last target is cut
     (exact under causal attention), so rows sorted by length waste little compute."""
-    out = []
-    for i in range(0, targets.size(0), micro_batch):
-        rows = slice(i, i + micro_batch)
-        used = (targets[rows] != -100).any(0).nonzero()
-        out.append((rows, int(used.max()) + 1 if used.numel() else 1))
-    return out
+    columns = torch.arange(1, targets.size(1) + 1, device=targets.device)
+    used = ((targets != -100) * columns).amax(1).tolist()  # per row: columns up to its last target (0: none)
+    return [(slice(i, i + micro_batch), max(used[i:i + micro_batch] + [1]))
+            for i in range(0, targets.size(0), micro_batch)]
 
 
 def token_logprobs(model, inputs, targets, micro_batch, precision=contextlib.nullcontext):
@@ -324,6 +322,17 @@ def reduce_metrics(metrics, world, device):
     return out
 
 
+def read_stats(micro_stats, device):
+    """policy_loss's stats of every micro-batch and pass (0-dim tensors, or floats) -> floats, read back from the
+    device in one transfer: clip_frac, kl and ratio averaged over the micro-batches, ratio_min/max over all."""
+    keys = ("clip_frac", "kl", "ratio", "ratio_min", "ratio_max")
+    table = torch.stack([torch.stack([torch.as_tensor(stats[k], dtype=torch.float32, device=device) for k in keys])
+                         for stats in micro_stats])  # (micro-batches x passes, 5)
+    clip_frac, kl, ratio = table[:, :3].mean(0)
+    summary = torch.stack([clip_frac, kl, ratio, table[:, 3].min(), table[:, 4].max()]).tolist()
+    return dict(zip(keys, summary))
+
+
 def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, precision, step, world=1,
                   device=None):
     """mu passes of the clipped objective (+ beta KL) over the batch, in micro-batches. -> metrics dict.
@@ -339,10 +348,12 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
         old_logp = None if one_pass else token_logprobs(model, inputs, targets, cfg.micro_batch, precision)
         ref_logp = token_logprobs(ref_model, inputs, targets, cfg.micro_batch, precision) if cfg.beta > 0 else None
     n_rows = all_ranks_sum(0 if empty else inputs.size(0), world, device)
-    n_tokens = all_ranks_sum(0 if empty else int(mask.sum()), world, device)
-    stats_sum = {"clip_frac": 0.0, "kl": 0.0}
-    ratio_min, ratio_max, ratio_sum = float("inf"), float("-inf"), 0.0
-    n_micro, objective = 0, 0.0  # objective: the whole batch's loss (micro-batch losses weighted by their share)
+    row_tokens = [] if empty else mask.sum(1).tolist()  # response tokens per row, read back once
+    n_tokens = all_ranks_sum(sum(row_tokens), world, device)
+    # Nothing below reads a number back from the device per micro-batch (on a GPU each read is a host sync that
+    # stalls the queue): policy_loss's stats stay tensors, collected and read once at the end.
+    micro_stats = []
+    objective = 0.0  # the whole batch's loss (micro-batch losses weighted by their share), mean over the passes
     entropy_sum = 0.0  # -log pi_old summed over the response tokens (the metric 'entropy': its sample estimate)
     t1 = time.time()
     batches = [] if empty else micro_batches(targets, cfg.micro_batch)
@@ -352,32 +363,31 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
             for p in model.parameters():
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
+        pass_loss = 0.0
         for sl, T in batches:
             with precision():
                 out = model(inputs[sl, :T], targets=targets[sl, :T], with_mtp=False)
             logp = -out.token_loss.float()  # (rows, T) log pi_theta of each sampled token
             old = logp.detach() if one_pass else old_logp[sl, :T]
             if inner == 0:  # pi_old is the same in every pass
-                entropy_sum -= old[mask[sl, :T]].sum()
+                entropy_sum = entropy_sum - torch.where(mask[sl, :T].bool(), old, 0.0).sum()
             loss, stats = policy_loss(logp, old, adv[sl], mask[sl, :T], cfg.eps_low,
                                       cfg.eps_high, cfg.beta, None if ref_logp is None else ref_logp[sl, :T],
                                       cfg.kl_estimator, cfg.loss_norm, cfg.max_new_tokens)
             # micro-batches add up to the loss over the whole batch under each normalisation; the MoE
             # balance loss (a mean over sequences) is weighted by the micro-batch's share of the rows
             row_share = inputs[sl].size(0) / n_rows
-            share = int(mask[sl].sum()) / max(n_tokens, 1) if cfg.loss_norm == "token" else row_share
+            share = sum(row_tokens[sl]) / max(n_tokens, 1) if cfg.loss_norm == "token" else row_share
             (loss * share + out.losses["aux"] * row_share).backward()
-            objective += loss.item() * share / cfg.mu
-            for k in stats_sum:
-                stats_sum[k] += stats[k]
-            n_micro += 1
-            ratio_min, ratio_max = min(ratio_min, stats["ratio_min"]), max(ratio_max, stats["ratio_max"])
-            ratio_sum += stats["ratio"]
+            pass_loss = pass_loss + loss.detach() * share
+            micro_stats.append(stats)
         if world > 1:  # sum the ranks' shares of the gradient (DDP's all-reduce, written out)
             for p in model.parameters():
                 dist.all_reduce(p.grad)
             sync_moe_load(model, world)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        objective += float(pass_loss) / cfg.mu  # the one read-back of a pass: needed before the optimizer steps
+        grad_norm = grad_norm.item()
         total = all_ranks_sum(objective, world, device)  # the same on every rank, so all stop or none
         if not (math.isfinite(total) and math.isfinite(grad_norm)):  # before the optimizer writes NaN weights
             raise FloatingPointError(f"GRPO step {step + 1}: loss {total}, grad norm {grad_norm} (not finite); "
@@ -388,11 +398,9 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
         else:
             for moe in model.moe_layers():
                 moe.load.zero_()
-    n_micro = max(n_micro, 1)
-    out = {k: v / n_micro for k, v in stats_sum.items()}
-    out.update(ratio=ratio_sum / n_micro if not empty else 1.0, ratio_min=ratio_min if not empty else 1.0,
-               ratio_max=ratio_max if not empty else 1.0,
-               entropy=float(entropy_sum) / int(mask.sum()) if not empty and mask.any() else 0.0)
+    out = read_stats(micro_stats, adv.device) if micro_stats else \
+        {"clip_frac": 0.0, "kl": 0.0, "ratio": 1.0, "ratio_min": 1.0, "ratio_max": 1.0}
+    out["entropy"] = float(entropy_sum) / sum(row_tokens) if sum(row_tokens) else 0.0
     if world > 1:  # the batch's statistics, not one rank's
         out = {k: all_ranks_sum(v, world, device, "min" if k == "ratio_min" else "max" if k == "ratio_max" else "sum")
                / (1 if k in ("ratio_min", "ratio_max") else world) for k, v in out.items()}

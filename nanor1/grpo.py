@@ -56,7 +56,9 @@ def policy_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=0.2, bet
                 kl_kind="k3", norm="sequence", max_len=None):
     """The clipped surrogate (negated, to minimise) plus beta * KL.
     logp, old_logp, ref_logp: (N, T) log-probs of the sampled tokens; advantages: (N,); mask: (N, T).
-    -> loss (scalar), stats dict (floats): clip_frac, kl, ratio (mean), ratio_min, ratio_max over the mask."""
+    -> loss (scalar), stats dict of 0-dim tensors (no grad, on logp's device): clip_frac, kl, ratio (mean),
+    ratio_min, ratio_max over the mask (0, 0, 1, 1, 1 when the mask is empty). They stay tensors so that the
+    trainer reads them back once per update (each float() of a GPU tensor waits for the GPU: a host sync)."""
     ratio = torch.exp(logp - old_logp)
     adv = advantages[:, None]
     unclipped = ratio * adv
@@ -67,12 +69,14 @@ def policy_loss(logp, old_logp, advantages, mask, eps_low=0.2, eps_high=0.2, bet
         kl = kl_estimate(logp, ref_logp, kl_kind)
         per_token = per_token + beta * kl
     loss = masked_normalise(per_token, mask, norm, max_len)
-    with torch.no_grad():
+    with torch.no_grad():  # masked sums, not ratio[mask]: boolean indexing also waits for the GPU
         m = mask.bool()
-        is_clipped = (clipped < unclipped)[m]  # the min picked the clipped term
-        stats = {"clip_frac": is_clipped.float().mean().item() if m.any() else 0.0,
-                 "ratio": ratio[m].mean().item() if m.any() else 1.0,
-                 "ratio_min": ratio[m].min().item() if m.any() else 1.0,
-                 "ratio_max": ratio[m].max().item() if m.any() else 1.0,
-                 "kl": kl[m].mean().item() if (kl is not None and m.any()) else 0.0}
+        n = m.sum().clamp(min=1)
+        any_token = m.any()  # an empty mask reports ratio 1
+        r = ratio.float()
+        stats = {"clip_frac": ((clipped < unclipped) & m).sum() / n,  # the min picked the clipped term
+                 "ratio": torch.where(any_token, r.masked_fill(~m, 0).sum() / n, 1.0),
+                 "ratio_min": torch.where(any_token, r.masked_fill(~m, float("inf")).amin(), 1.0),
+                 "ratio_max": torch.where(any_token, r.masked_fill(~m, float("-inf")).amax(), 1.0),
+                 "kl": kl.float().masked_fill(~m, 0).sum() / n if kl is not None else r.new_zeros(())}
     return loss, stats

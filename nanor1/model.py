@@ -544,9 +544,11 @@ class GPT(nn.Module):
         for moe in self.moe_layers():
             moe.update_bias()
 
-    def _rope(self, positions):
-        if positions.max() >= self.cfg.max_seq_len:
-            raise ValueError(f"position {int(positions.max())} exceeds max_seq_len={self.cfg.max_seq_len}")
+    def _rope(self, positions, last=None):
+        """last: the largest position when the caller knows it on the host (reading it back is a host sync)."""
+        last = int(positions.max()) if last is None else last
+        if last >= self.cfg.max_seq_len:
+            raise ValueError(f"position {last} exceeds max_seq_len={self.cfg.max_seq_len}")
         return self.rope_cos[positions], self.rope_sin[positions]  # (B, T, dr/2) each
 
     def forward(self, idx, targets=None, start=None, cache=None, last_only=False, with_mtp=True):
@@ -558,11 +560,11 @@ class GPT(nn.Module):
         if cache is not None:
             slot, positions = cache.advance(T)
         else:
-            if start is None:
-                start = torch.zeros(B, dtype=torch.long, device=idx.device)
-            positions = (torch.arange(T, device=idx.device)[None, :] - start[:, None]).clamp(min=0)
-            start = start if bool(start.any()) else None  # no padding: the kernel can skip the mask
-        cos, sin = self._rope(positions)
+            positions = torch.arange(T, device=idx.device)[None, :].expand(B, T)
+            if start is not None:
+                positions = (positions - start[:, None]).clamp(min=0)
+                start = start if bool(start.any()) else None  # no padding: the kernel can skip the mask
+        cos, sin = self._rope(positions, last=None if cache is not None else T - 1)
         # The tokens that count for MoE balancing: those with a target, never left padding (None = all).
         real = None
         if targets is not None:

@@ -129,6 +129,43 @@ def test_one_pass_update_equals_the_first_update_with_a_separate_pi_old_forward(
         assert sum(g.abs().max() > 1e-6 for g in one_pass[0].values()) > 10  # a real update, not zeros
 
 
+def test_policy_update_reads_the_device_once_per_pass_not_once_per_micro_batch(tmp_path, monkeypatch):
+    """On a GPU every number read back to Python (.item(), float(), .tolist(), if tensor) waits for the queue to
+    drain. The update's own code and the model's forward must not read back per micro-batch: 8 micro-batches of
+    one row make as many reads as one micro-batch of 8 rows. (The CPU's MoE loop path reads the expert sizes
+    per layer by design; the GPU's grouped matmul does not, so sorted_dispatch is not counted.)"""
+    import traceback
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from grpo_ddp_worker import fixed_update
+    ckpt = train_grpo.cold_start(config(tmp_path))
+    reads, counting = [], [False]
+    for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+        def read(self, *args, _original=getattr(torch.Tensor, name), **kwargs):
+            caller = traceback.extract_stack(limit=2)[0]
+            if counting[0] and os.path.basename(caller.filename) in ("train_grpo.py", "grpo.py", "model.py") \
+                    and caller.name != "sorted_dispatch":
+                reads.append(f"{os.path.basename(caller.filename)}:{caller.lineno}")
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, read)
+    update = train_grpo.policy_update
+
+    def counted_update(*args, **kwargs):
+        counting[0] = True
+        try:
+            return update(*args, **kwargs)
+        finally:
+            counting[0] = False
+    monkeypatch.setattr(train_grpo, "policy_update", counted_update)
+    per_micro_batch = {}
+    for micro_batch in (1, 8):
+        reads.clear()
+        fixed_update([CONFIG, f"--micro_batch={micro_batch}", "--mu=2", "--beta=0.0"], ckpt,
+                     range(8), 1, 0)
+        per_micro_batch[micro_batch] = sorted(reads)
+    assert per_micro_batch[1] == per_micro_batch[8], per_micro_batch
+    assert 0 < len(per_micro_batch[1]) <= 10  # a few reads per pass and per update, not ~9 per micro-batch
+
+
 class AlwaysWrong(SaySeven):
     """Every sample scores the same: with dynamic sampling every group is dropped."""
     def score(self, problem, text):
