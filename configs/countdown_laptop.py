@@ -8,6 +8,9 @@
 # [+0.079, +0.107]), mean length 48.1 -> 60.5 tokens (+12.4 [+10.9, +13.9], +25.8%), gives up 0.50 -> 0.01;
 # seed 1 (seed1/): pass@1 +0.099 [+0.085, +0.113], length +8.6 [+7.3, +9.9] (+17.9%); seed 2 (seed2/): pass@1
 # +0.079 [+0.066, +0.093], length +10.5 [+9.1, +11.8] (+21.7%). At 150 steps (steps150/) length had grown +15% only.
+# These are GRPO seeds from one cold start (SFT seed 0, the least accurate of five made): with --sft.seed=1 the
+# cold start is more patient and GRPO doubles the length (+81% on test) for +0.029 [+0.018, +0.041] pass@1
+# (results/countdown_laptop/attempt_sft_seed1/).
 # Wall time: 28 min on the 2-core machine that made these; 50 min on a ~2x slower 2-core machine (SFT 763 s).
 # Distribution: 3 or 4 numbers from 1-9, targets 10-30, no intermediate value above 60. Problems are split on the
 # number multiset and target: test 20% (1,873 problems: the report), val 10% (890: the in-run evaluation, tuning),
