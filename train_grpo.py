@@ -349,7 +349,8 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
         ref_logp = token_logprobs(ref_model, inputs, targets, cfg.micro_batch, precision) if cfg.beta > 0 else None
     n_rows = all_ranks_sum(0 if empty else inputs.size(0), world, device)
     row_tokens = [] if empty else mask.sum(1).tolist()  # response tokens per row, read back once
-    n_tokens = all_ranks_sum(sum(row_tokens), world, device)
+    rank_tokens = sum(row_tokens)
+    n_tokens = all_ranks_sum(rank_tokens, world, device)
     # Nothing below reads a number back from the device per micro-batch (on a GPU each read is a host sync that
     # stalls the queue): policy_loss's stats stay tensors, collected and read once at the end.
     micro_stats = []
@@ -386,7 +387,8 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
                 dist.all_reduce(p.grad)
             sync_moe_load(model, world)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        objective += float(pass_loss) / cfg.mu  # the one read-back of a pass: needed before the optimizer steps
+        # the pass's read-backs, both needed before the optimizer steps (the second waits for nothing)
+        objective += float(pass_loss) / cfg.mu
         grad_norm = grad_norm.item()
         total = all_ranks_sum(objective, world, device)  # the same on every rank, so all stop or none
         if not (math.isfinite(total) and math.isfinite(grad_norm)):  # before the optimizer writes NaN weights
@@ -400,7 +402,7 @@ def policy_update(cfg, model, ref_model, optimizer, inputs, targets, mask, adv, 
                 moe.load.zero_()
     out = read_stats(micro_stats, adv.device) if micro_stats else \
         {"clip_frac": 0.0, "kl": 0.0, "ratio": 1.0, "ratio_min": 1.0, "ratio_max": 1.0}
-    out["entropy"] = float(entropy_sum) / sum(row_tokens) if sum(row_tokens) else 0.0
+    out["entropy"] = float(entropy_sum) / rank_tokens if rank_tokens else 0.0
     if world > 1:  # the batch's statistics, not one rank's
         out = {k: all_ranks_sum(v, world, device, "min" if k == "ratio_min" else "max" if k == "ratio_max" else "sum")
                / (1 if k in ("ratio_min", "ratio_max") else world) for k, v in out.items()}
